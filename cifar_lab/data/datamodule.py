@@ -1,0 +1,126 @@
+"""CIFAR-10 as a LightningDataModule: a fixed train/val split of the 50,000 training images,
+augmentation on the training split only, and the class names for the model to link to."""
+
+import os
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from cifar_lab.data import sources
+from cifar_lab.data.augment import build_transform
+from cifar_lab.errors import ConfigError
+
+DATA_DIR_ENV = "CIFAR_LAB_DATA"
+
+
+class ImageArrayDataset(Dataset):
+    """Images held as one uint8 [N,3,H,W] tensor; each item goes through a v2 transform."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: v2.Transform) -> None:
+        self.images = images
+        self.labels = labels
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.transform(tv_tensors.Image(self.images[index])), int(self.labels[index])
+
+
+def default_data_dir() -> str:
+    return os.environ.get(DATA_DIR_ENV, "./data")
+
+
+class CIFAR10DataModule(L.LightningDataModule):
+    """CIFAR-10 train/val/test loaders.
+
+    Args:
+        data_dir: folder holding ``cifar10.npz`` or ``cifar-10-batches-py/``; null means
+            ``$CIFAR_LAB_DATA`` or ``./data``, so one config runs on machines with different layouts.
+        download: fetch the dataset with torchvision if it is not on disk.
+        batch_size: images per batch on each device.
+        num_workers: DataLoader worker processes.
+        pin_memory: page-locked host memory for faster copies to a GPU.
+        val_size: training images held out for validation (the test split is never used for it).
+        split_seed: seed of the train/val split, independent of the run's seed.
+        augment: training augmentation preset (see ``cifar_lab.data.augment.PRESETS``).
+    """
+
+    num_classes = 10
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        download: bool = True,
+        batch_size: int = 128,
+        num_workers: int = 4,
+        pin_memory: bool = False,
+        val_size: int = 5000,
+        split_seed: int = 0,
+        augment: str = "standard",
+    ) -> None:
+        super().__init__()
+        if val_size < 0:
+            raise ConfigError(f"val_size must be >= 0, got {val_size}")
+        self.save_hyperparameters()
+        self.data_dir = Path(data_dir if data_dir is not None else default_data_dir()).expanduser()
+        self.train_transform = build_transform(augment, train=True)
+        self.eval_transform = build_transform(augment, train=False)
+        self.datasets: dict[str, ImageArrayDataset] = {}
+
+    def prepare_data(self) -> None:
+        # Runs on one process per node: the only place that downloads or writes the cache.
+        sources.prepare(self.data_dir, self.hparams.download)
+
+    def setup(self, stage: str) -> None:
+        if self.datasets:
+            return
+        arrays = sources.load_arrays(sources.prepare(self.data_dir, download=False))
+        if arrays.classes != self.classes:
+            raise ConfigError(f"{self.data_dir}: classes {arrays.classes} are not CIFAR-10's {self.classes}")
+        train_images = torch.from_numpy(arrays.train_images).permute(0, 3, 1, 2).contiguous()
+        train_labels = torch.from_numpy(arrays.train_labels)
+        val_size = self.hparams.val_size
+        if val_size >= len(train_labels):
+            raise ConfigError(f"val_size={val_size} must be smaller than the {len(train_labels)} training images")
+        order = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(self.hparams.split_seed))
+        val_idx, train_idx = order[:val_size], order[val_size:]
+        self.datasets = {
+            "train": ImageArrayDataset(train_images[train_idx], train_labels[train_idx], self.train_transform),
+            "val": ImageArrayDataset(train_images[val_idx], train_labels[val_idx], self.eval_transform),
+            "test": ImageArrayDataset(
+                torch.from_numpy(arrays.test_images).permute(0, 3, 1, 2).contiguous(),
+                torch.from_numpy(arrays.test_labels),
+                self.eval_transform,
+            ),
+        }
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.hparams.batch_size,
+            shuffle=shuffle,
+            num_workers=workers,
+            pin_memory=self.hparams.pin_memory,
+            persistent_workers=workers > 0,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,161 @@
+"""Where CIFAR-10 comes from on disk, and the pickle-free array cache every run reads.
+
+Two layouts are understood:
+
+* ``<data_dir>/cifar10.npz``: arrays only, loaded with ``allow_pickle=False``. Used when present.
+* ``<data_dir>/cifar-10-batches-py/``: torchvision's download. Its batch files are pickles, and
+  unpickling an unverified file can run arbitrary code, so every file's MD5 is compared with
+  torchvision's published checksum *before* it is opened. It is read once and then written as
+  ``cifar10.npz`` (atomically) for every later run.
+"""
+
+import hashlib
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torchvision.datasets import CIFAR10
+
+from cifar_lab.errors import ChecksumError, DataFormatError, DataNotFoundError
+
+ARRAY_FILE = "cifar10.npz"
+IMAGE_SHAPE = (32, 32, 3)
+
+
+@dataclass(frozen=True)
+class CifarArrays:
+    """The whole dataset in memory: uint8 NHWC images and int64 labels per split."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    classes: list[str]
+
+
+def batches_dir(data_dir: Path) -> Path:
+    return data_dir / CIFAR10.base_folder
+
+
+def published_checksums() -> dict[str, str]:
+    """File name -> MD5 of torchvision's CIFAR-10 batch files (read at call time, so it can be patched)."""
+    return dict(CIFAR10.train_list + CIFAR10.test_list + [(CIFAR10.meta["filename"], CIFAR10.meta["md5"])])
+
+
+def md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_batches(folder: Path) -> None:
+    """Refuse any batch file that is missing or whose MD5 is not the published one."""
+    for name, expected in published_checksums().items():
+        path = folder / name
+        if not path.is_file():
+            raise DataNotFoundError(f"{path} is missing; delete {folder} and download CIFAR-10 again")
+        actual = md5(path)
+        if actual != expected:
+            raise ChecksumError(
+                f"checksum mismatch for {path}: MD5 {actual}, expected {expected}. The file is corrupt or "
+                f"not the official CIFAR-10; it was not unpickled. Delete {folder} and download again."
+            )
+
+
+def read_batches(data_dir: Path, download: bool) -> CifarArrays:
+    """Verified read of torchvision's batch files, downloading them first if allowed and absent."""
+    folder = batches_dir(data_dir)
+    if not folder.exists() and download:
+        CIFAR10(str(data_dir), train=True, download=True)  # fetches and checks the archive's MD5
+    verify_batches(folder)  # our own check first: its error names the file
+    train = CIFAR10(str(data_dir), train=True, download=False)
+    test = CIFAR10(str(data_dir), train=False, download=False)
+    return CifarArrays(
+        train_images=train.data,
+        train_labels=np.asarray(train.targets, dtype=np.int64),
+        test_images=test.data,
+        test_labels=np.asarray(test.targets, dtype=np.int64),
+        classes=list(train.classes),
+    )
+
+
+def save_arrays(arrays: CifarArrays, path: Path) -> None:
+    """Write the array file atomically: a killed run never leaves a half-written cache behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(
+                f,
+                train_images=arrays.train_images,
+                train_labels=arrays.train_labels,
+                test_images=arrays.test_images,
+                test_labels=arrays.test_labels,
+                classes=np.asarray(arrays.classes, dtype=str),
+            )
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _check_split(path: Path, split: str, images: np.ndarray, labels: np.ndarray, num_classes: int) -> None:
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != IMAGE_SHAPE:
+        raise DataFormatError(
+            f"{path}: {split}_images must be uint8 [N,32,32,3], got {images.dtype} {list(images.shape)}"
+        )
+    if labels.dtype != np.int64 or labels.shape != (len(images),):
+        raise DataFormatError(
+            f"{path}: {split}_labels must be int64 [{len(images)}] to match {split}_images, "
+            f"got {labels.dtype} {list(labels.shape)}"
+        )
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise DataFormatError(
+            f"{path}: {split}_labels must lie in [0, {num_classes - 1}], got [{labels.min()}, {labels.max()}]"
+        )
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {name: npz[name] for name in npz.files}
+    except (ValueError, OSError, zipfile.BadZipFile) as err:
+        raise DataFormatError(f"{path} is not a readable array file ({err}); delete it to rebuild it") from err
+
+
+def load_arrays(path: Path) -> CifarArrays:
+    """Load and validate the array file (nothing in it is ever unpickled)."""
+    npz = _read_npz(path)
+    missing = {"train_images", "train_labels", "test_images", "test_labels", "classes"} - set(npz)
+    if missing:
+        raise DataFormatError(f"{path}: missing arrays {sorted(missing)}; found {sorted(npz)}")
+    classes = [str(c) for c in npz["classes"]]
+    for split in ("train", "test"):
+        _check_split(path, split, npz[f"{split}_images"], npz[f"{split}_labels"], len(classes))
+    return CifarArrays(
+        train_images=npz["train_images"],
+        train_labels=npz["train_labels"],
+        test_images=npz["test_images"],
+        test_labels=npz["test_labels"],
+        classes=classes,
+    )
+
+
+def prepare(data_dir: Path, download: bool) -> Path:
+    """Make sure ``<data_dir>/cifar10.npz`` exists, building it from the batch files if needed."""
+    array_file = data_dir / ARRAY_FILE
+    if array_file.exists():
+        return array_file
+    if not download and not batches_dir(data_dir).exists():
+        raise DataNotFoundError(
+            f"CIFAR-10 not found: looked for {array_file} and {batches_dir(data_dir)}/. Set data.download=true "
+            f"to fetch it, or point data.data_dir (or the CIFAR_LAB_DATA environment variable) at a folder "
+            f"holding either one."
+        )
+    save_arrays(read_batches(data_dir, download), array_file)
+    return array_file

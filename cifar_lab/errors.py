@@ -1,0 +1,25 @@
+"""Errors a user can fix: the CLI prints their message on one line instead of a traceback."""
+
+
+class CifarLabError(Exception):
+    """Base class for problems caused by input (config, files, names) rather than by a bug."""
+
+
+class DataNotFoundError(CifarLabError, FileNotFoundError):
+    """The dataset is not on disk and may not be downloaded."""
+
+
+class ChecksumError(CifarLabError):
+    """A file's MD5 differs from the published one, so it must not be unpickled."""
+
+
+class DataFormatError(CifarLabError, ValueError):
+    """An array file has the wrong keys, shapes, dtypes or label range."""
+
+
+class UnknownBackboneError(CifarLabError, ValueError):
+    """A backbone name is neither registered nor an importable ``module:factory`` path."""
+
+
+class ConfigError(CifarLabError, ValueError):
+    """A config value is out of range or names an unknown option."""

@@ -1,0 +1,105 @@
+"""ImageClassifier: any registered backbone + cross-entropy + injected optimizer/schedule + metrics."""
+
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from cifar_lab.models import create
+from cifar_lab.schedules import build_scheduler
+
+
+def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
+    """Top-1 (plain accuracy, micro average) and, when there are enough classes, top-5."""
+    metrics = {"acc": MulticlassAccuracy(num_classes, average="micro")}
+    if num_classes > 5:
+        metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+    return MetricCollection(metrics, prefix=prefix)
+
+
+class ImageClassifier(L.LightningModule):
+    """Image classification with a backbone chosen by name.
+
+    Args:
+        backbone: a registered name (``cifar-lab`` lists them in errors) or ``package.module:factory``.
+        backbone_kwargs: extra keyword arguments for the backbone factory.
+        num_classes: linked from the DataModule.
+        class_names: linked from the DataModule; names the per-class test accuracies.
+        optimizer: factory ``params -> Optimizer``, e.g. SGD or AdamW from YAML.
+        lr_scheduler: factory ``optimizer -> scheduler``; ``T_max``/``total_steps`` default to the
+            length of training in ``scheduler_interval`` units.
+        scheduler_interval: step the schedule every ``epoch`` or every optimizer ``step``.
+        label_smoothing: cross-entropy label smoothing for training.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "simple_cnn",
+        backbone_kwargs: dict[str, Any] | None = None,
+        num_classes: int = 10,
+        class_names: list[str] | None = None,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        scheduler_interval: Literal["epoch", "step"] = "epoch",
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.backbone = create(backbone, num_classes=num_classes, **(backbone_kwargs or {}))
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self.class_names = class_names or [f"class_{i}" for i in range(num_classes)]
+        self.train_metrics = accuracy_metrics(num_classes, "train/")
+        self.val_metrics = accuracy_metrics(num_classes, "val/")
+        self.test_metrics = accuracy_metrics(num_classes, "test/")
+        self.test_per_class = MulticlassAccuracy(num_classes, average="none")
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.backbone(images)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        images, targets = batch
+        logits = self(images)
+        loss = F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
+        self.train_metrics.update(logits, targets)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
+        return loss
+
+    def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str, metrics: MetricCollection) -> Tensor:
+        images, targets = batch
+        logits = self(images)
+        loss = F.cross_entropy(logits, targets)
+        metrics.update(logits, targets)
+        self.log(f"{stage}/loss", loss, prog_bar=True)
+        self.log_dict(metrics, prog_bar=True)
+        return logits
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val", self.val_metrics)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        logits = self._evaluate(batch, "test", self.test_metrics)
+        self.test_per_class.update(logits, batch[1])
+
+    def on_test_epoch_end(self) -> None:
+        per_class = self.test_per_class.compute()
+        self.log_dict({f"test/acc_{name}": acc for name, acc in zip(self.class_names, per_class)})
+        self.test_per_class.reset()
+
+    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self(batch[0]).softmax(dim=1)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer(self.parameters())
+        if self.lr_scheduler is None:
+            return optimizer
+        interval = self.hparams.scheduler_interval
+        length = self.trainer.estimated_stepping_batches if interval == "step" else self.trainer.max_epochs
+        scheduler = build_scheduler(self.lr_scheduler, optimizer, int(length))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}

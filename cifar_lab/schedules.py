@@ -1,0 +1,57 @@
+"""Learning-rate schedules that need the length of training, and how the module supplies it.
+
+A schedule given in YAML as ``lr_scheduler: {class_path: ..., init_args: ...}`` reaches the
+module as a factory ``optimizer -> scheduler``. Cosine and one-cycle schedules need the number
+of epochs or steps; if the config leaves ``T_max`` / ``total_steps`` out, the module fills it in
+from the Trainer, so the same recipe stays right when ``max_epochs`` or the batch size changes.
+"""
+
+import functools
+import inspect
+import math
+from collections.abc import Callable
+from typing import Any
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+LENGTH_ARGUMENTS = ("T_max", "total_steps")
+
+
+class WarmupCosineLR(LambdaLR):
+    """Linear warm-up over ``warmup`` intervals, then cosine decay to ``eta_min_ratio * lr`` at ``T_max``.
+
+    ``T_max`` may be left out of a config: the module passes the length of training.
+    """
+
+    def __init__(self, optimizer: Optimizer, T_max: int | None = None, warmup: int = 0,
+                 eta_min_ratio: float = 0.0, last_epoch: int = -1) -> None:
+        if T_max is None:
+            raise ValueError("WarmupCosineLR needs T_max (the module fills it in from the Trainer)")
+        decay = max(1, T_max - warmup)  # a run shorter than the warm-up (a smoke test) just warms up
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / decay)
+            return eta_min_ratio + (1 - eta_min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        super().__init__(optimizer, factor, last_epoch)
+
+
+def _target(factory: Callable[..., Any]) -> Callable[..., Any]:
+    """What a factory builds: jsonargparse gives ``partial(..., SchedulerClass, **init_args)``."""
+    if isinstance(factory, functools.partial):
+        return next((arg for arg in factory.args if inspect.isclass(arg)), factory.func)
+    return factory
+
+
+def build_scheduler(factory: Callable[..., Any], optimizer: Optimizer, length: int) -> Any:
+    """Call ``factory(optimizer)``, passing ``length`` as ``T_max``/``total_steps`` when the config leaves it unset."""
+    given = factory.keywords if isinstance(factory, functools.partial) else {}
+    try:
+        parameters = inspect.signature(_target(factory)).parameters
+    except (TypeError, ValueError):  # a builtin or C callable without a signature: call it as it is
+        parameters = {}
+    fill = {name: length for name in LENGTH_ARGUMENTS if name in parameters and given.get(name) is None}
+    return factory(optimizer, **fill)

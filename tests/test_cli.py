@@ -1,0 +1,86 @@
+"""The CLI end to end, in subprocesses, as a user runs it."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+TINY_DATA = ["--data.val_size", "50", "--data.batch_size", "32", "--data.num_workers", "0"]
+SMOKE = ["--config", str(CONFIGS / "simple_cnn.yaml"), "--config", str(CONFIGS / "trainer/cpu.yaml"),
+         "--config", str(CONFIGS / "trainer/smoke.yaml"), *TINY_DATA]
+
+
+def cifar_lab(*args: str, cwd: Path, data_dir: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    environ = {**os.environ, "CIFAR_LAB_DATA": str(data_dir), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "cifar_lab", *args], cwd=cwd, env=environ, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def fitted_run(npz_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``fit`` with the smoke preset; returns the working folder."""
+    cwd = tmp_path_factory.mktemp("fit")
+    result = cifar_lab("fit", *SMOKE, "--data.num_workers", "1", cwd=cwd, data_dir=npz_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return cwd
+
+
+def test_fit_writes_checkpoints_config_and_tensorboard_events(fitted_run: Path) -> None:
+    run = fitted_run / "runs" / "simple_cnn" / "version_0"
+    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert "last.ckpt" in checkpoints
+    assert not [name for name in checkpoints if name.endswith(".tmp")]
+    assert any(name.startswith("epoch000-val_acc") for name in checkpoints)
+    assert list(run.glob("events.out.tfevents.*"))
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["model"]["backbone"] == "simple_cnn"
+    assert config["seed_everything"] == 42
+    assert config["trainer"]["max_epochs"] == 1
+
+
+def test_saved_config_repeats_the_run_and_test_reports_accuracy(fitted_run: Path, npz_dir: Path) -> None:
+    run = fitted_run / "runs" / "simple_cnn" / "version_0"
+    result = cifar_lab("test", "--config", str(run / "config.yaml"), "--ckpt_path",
+                       str(run / "checkpoints" / "last.ckpt"), cwd=fitted_run, data_dir=npz_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for metric in ("test/acc", "test/acc_top5", "test/loss", "test/acc_airplane"):
+        assert metric in result.stdout
+
+
+def test_fit_runs_in_bf16_mixed_precision_on_the_cpu(npz_dir: Path, tmp_path: Path) -> None:
+    result = cifar_lab("fit", *SMOKE, "--trainer.precision", "bf16-mixed", "--model.backbone", "resnet18",
+                       "--trainer.limit_train_batches", "2", cwd=tmp_path, data_dir=npz_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "runs" / "resnet18" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+
+
+def _one_line_error(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("cifar-lab: error:")]
+    assert len(lines) == 1, result.stderr[-3000:]
+    return lines[0]
+
+
+def test_unknown_backbone_is_a_one_line_error(npz_dir: Path, tmp_path: Path) -> None:
+    result = cifar_lab("fit", *SMOKE, "--model.backbone", "resnet19", cwd=tmp_path, data_dir=npz_dir)
+    line = _one_line_error(result)
+    assert "unknown backbone 'resnet19'" in line and "simple_cnn" in line and "resnet18" in line
+
+
+def test_missing_data_without_download_is_a_one_line_error(tmp_path: Path) -> None:
+    missing = tmp_path / "no_data"
+    result = cifar_lab("fit", *SMOKE, "--data.download", "false", cwd=tmp_path, data_dir=missing)
+    line = _one_line_error(result)
+    assert str(missing / "cifar10.npz") in line and "download" in line
+
+
+def test_debug_variable_shows_the_traceback(npz_dir: Path, tmp_path: Path) -> None:
+    result = cifar_lab("fit", *SMOKE, "--model.backbone", "resnet19", cwd=tmp_path, data_dir=npz_dir,
+                       env={"CIFAR_LAB_DEBUG": "1"})
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr and "UnknownBackboneError" in result.stderr

@@ -1,0 +1,81 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from cifar_lab.data import CIFAR10DataModule
+from cifar_lab.data.augment import CIFAR10_MEAN, CIFAR10_STD
+from cifar_lab.errors import ConfigError
+
+
+def make_dm(data_dir: Path, **kwargs) -> CIFAR10DataModule:
+    options = {"data_dir": str(data_dir), "download": False, "val_size": 50, "batch_size": 32, "num_workers": 0}
+    dm = CIFAR10DataModule(**{**options, **kwargs})
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def image_keys(dataset) -> set[bytes]:
+    return {bytes(img.numpy()) for img in dataset.images}
+
+
+def test_splits_have_the_right_sizes_and_are_disjoint(npz_dir: Path) -> None:
+    dm = make_dm(npz_dir)
+    assert (len(dm.datasets["train"]), len(dm.datasets["val"]), len(dm.datasets["test"])) == (250, 50, 60)
+    train, val, test = (image_keys(dm.datasets[s]) for s in ("train", "val", "test"))
+    assert len(train | val) == 300 and not train & val
+    assert not (train | val) & test
+
+
+def test_split_is_fixed_by_split_seed_not_by_the_run_seed(npz_dir: Path) -> None:
+    torch.manual_seed(0)
+    first = make_dm(npz_dir).datasets["val"].images
+    torch.manual_seed(1)
+    assert torch.equal(first, make_dm(npz_dir).datasets["val"].images)
+    assert not torch.equal(first, make_dm(npz_dir, split_seed=1).datasets["val"].images)
+
+
+def test_val_and_test_are_normalised_and_never_augmented(npz_dir: Path) -> None:
+    dm = make_dm(npz_dir, augment="standard")
+    mean = torch.tensor(CIFAR10_MEAN).view(3, 1, 1)
+    std = torch.tensor(CIFAR10_STD).view(3, 1, 1)
+    for split in ("val", "test"):
+        dataset = dm.datasets[split]
+        expected = (dataset.images[0].float() / 255 - mean) / std
+        for _ in range(3):
+            image, _ = dataset[0]
+            torch.testing.assert_close(image, expected)
+
+
+def test_standard_augmentation_changes_training_images(npz_dir: Path) -> None:
+    dm = make_dm(npz_dir, augment="standard")
+    torch.manual_seed(0)
+    views = torch.stack([dm.datasets["train"][0][0] for _ in range(8)])
+    assert views.shape == (8, 3, 32, 32) and views.dtype == torch.float32
+    assert not all(torch.equal(views[0], v) for v in views[1:])
+    plain = make_dm(npz_dir, augment="none").datasets["train"]
+    assert torch.equal(plain[0][0], plain[0][0])
+
+
+def test_loaders_give_normalised_batches_with_workers(npz_dir: Path) -> None:
+    dm = make_dm(npz_dir, num_workers=2)
+    images, labels = next(iter(dm.train_dataloader()))
+    assert images.shape == (32, 3, 32, 32) and images.dtype == torch.float32
+    assert labels.shape == (32,) and labels.dtype == torch.int64
+    assert -3 < images.mean() < 3
+    assert sum(len(b[1]) for b in dm.test_dataloader()) == 60
+
+
+def test_data_dir_defaults_to_the_environment_variable(npz_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CIFAR_LAB_DATA", str(npz_dir))
+    assert CIFAR10DataModule().data_dir == npz_dir
+    monkeypatch.delenv("CIFAR_LAB_DATA")
+    assert CIFAR10DataModule().data_dir == Path("data")
+
+
+def test_bad_options_are_config_errors(npz_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown augment preset 'fancy'.*standard"):
+        CIFAR10DataModule(augment="fancy")
+    with pytest.raises(ConfigError, match="val_size=300 must be smaller than the 300 training images"):
+        make_dm(npz_dir, val_size=300)
