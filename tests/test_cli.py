@@ -8,14 +8,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
 TINY_DATA = ["--data.val_size", "50", "--data.batch_size", "32", "--data.num_workers", "0"]
 SMOKE = ["--config", str(CONFIGS / "simple_cnn.yaml"), "--config", str(CONFIGS / "trainer/cpu.yaml"),
          "--config", str(CONFIGS / "trainer/smoke.yaml"), *TINY_DATA]
 
 
 def cifar_lab(*args: str, cwd: Path, data_dir: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    environ = {**os.environ, "CIFAR_LAB_DATA": str(data_dir), **(env or {})}
+    # PYTHONPATH: run the code of this checkout, whatever copy of cifar_lab is installed.
+    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    environ = {**os.environ, "CIFAR_LAB_DATA": str(data_dir), "PYTHONPATH": pythonpath, **(env or {})}
     return subprocess.run([sys.executable, "-m", "cifar_lab", *args], cwd=cwd, env=environ, capture_output=True,
                           text=True, timeout=300)
 
