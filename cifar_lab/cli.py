@@ -53,22 +53,30 @@ class CifarLabCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs) -> Trainer:
         """The Trainer from the config, saving checkpoints atomically unless a plugin chose its own IO."""
         trainer = super().instantiate_trainer(**kwargs)
+        if trainer.logger is None:  # `trainer.logger: false`: nothing to monitor the learning rate into
+            trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)]
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
 
 
+def build_cli(args: list[str] | None = None, run: bool = True) -> CifarLabCLI:
+    """The CLI exactly as ``cifar-lab`` builds it; ``run=False`` parses and instantiates only."""
+    return CifarLabCLI(
+        ImageClassifier,
+        CIFAR10DataModule,
+        seed_everything_default=True,
+        auto_configure_optimizers=False,  # optimizer and schedule live in model: (see ImageClassifier)
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+    )
+
+
 def main(args: list[str] | None = None) -> None:
     """Console entry point; input errors end as one line on stderr unless CIFAR_LAB_DEBUG=1."""
     try:
-        CifarLabCLI(
-            ImageClassifier,
-            CIFAR10DataModule,
-            seed_everything_default=True,
-            auto_configure_optimizers=False,  # optimizer and schedule live in model: (see ImageClassifier)
-            save_config_kwargs={"overwrite": True},
-            args=args,
-        )
+        build_cli(args)
     except CifarLabError as err:
         if os.environ.get(DEBUG_ENV) == "1":
             raise

@@ -11,6 +11,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from cifar_lab.models import create
+from cifar_lab.optim import apply_group_scales, parameter_groups
 from cifar_lab.schedules import build_scheduler
 
 
@@ -35,6 +36,13 @@ class ImageClassifier(L.LightningModule):
             length of training in ``scheduler_interval`` units.
         scheduler_interval: step the schedule every ``epoch`` or every optimizer ``step``.
         label_smoothing: cross-entropy label smoothing for training.
+        tta: test-time augmentation at val/test/predict: ``flip`` averages the logits of the image and
+            its mirror; ``flip_translate`` also of one-pixel shifts (the fast recipes' choice).
+        channels_last: NHWC memory format for the backbone and its inputs (faster convs on GPUs).
+        compile_mode: ``torch.compile`` the backbone with this mode (``default``, ``max-autotune``...).
+        norm_lr_scale: learning-rate multiplier for normalisation layers' parameters (their weight
+            decay is divided by it, so the decay per step stays the same).
+        no_decay_norm_bias: no weight decay on normalisation parameters and biases.
     """
 
     def __init__(
@@ -47,6 +55,11 @@ class ImageClassifier(L.LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Literal["epoch", "step"] = "epoch",
         label_smoothing: float = 0.0,
+        tta: Literal["none", "flip", "flip_translate"] = "none",
+        channels_last: bool = False,
+        compile_mode: str | None = None,
+        norm_lr_scale: float = 1.0,
+        no_decay_norm_bias: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
@@ -58,9 +71,27 @@ class ImageClassifier(L.LightningModule):
         self.val_metrics = accuracy_metrics(num_classes, "val/")
         self.test_metrics = accuracy_metrics(num_classes, "test/")
         self.test_per_class = MulticlassAccuracy(num_classes, average="none")
+        if channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
+        if compile_mode is not None:
+            self.backbone.compile(mode=compile_mode)  # in place: state_dict keys stay the same
 
     def forward(self, images: Tensor) -> Tensor:
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         return self.backbone(images)
+
+    def predict_logits(self, images: Tensor) -> Tensor:
+        """Logits averaged over the test-time augmentation views chosen by ``tta``."""
+        if self.hparams.tta == "none":
+            return self(images)
+        logits = (self(images) + self(images.flip(-1))) / 2
+        if self.hparams.tta == "flip_translate":
+            padded = F.pad(images, (1, 1, 1, 1), mode="reflect")
+            shifted = [padded[..., :-2, :-2], padded[..., 2:, 2:]]  # one pixel up-left and down-right
+            translated = sum((self(v) + self(v.flip(-1))) / 2 for v in shifted) / len(shifted)
+            logits = (logits + translated) / 2
+        return logits
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, targets = batch
@@ -73,7 +104,7 @@ class ImageClassifier(L.LightningModule):
 
     def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str, metrics: MetricCollection) -> Tensor:
         images, targets = batch
-        logits = self(images)
+        logits = self.predict_logits(images)
         loss = F.cross_entropy(logits, targets)
         metrics.update(logits, targets)
         self.log(f"{stage}/loss", loss, prog_bar=True)
@@ -93,10 +124,15 @@ class ImageClassifier(L.LightningModule):
         self.test_per_class.reset()
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self(batch[0]).softmax(dim=1)
+        return self.predict_logits(batch[0]).softmax(dim=1)
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer(self.parameters())
+        hp = self.hparams
+        if hp.norm_lr_scale == 1.0 and not hp.no_decay_norm_bias:
+            optimizer = self.optimizer(self.parameters())
+        else:
+            optimizer = self.optimizer(parameter_groups(self.backbone, hp.norm_lr_scale, hp.no_decay_norm_bias))
+            apply_group_scales(optimizer)
         if self.lr_scheduler is None:
             return optimizer
         interval = self.hparams.scheduler_interval

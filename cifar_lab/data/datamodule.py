@@ -3,6 +3,7 @@ augmentation on the training split only, and the class names for the model to li
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
@@ -12,9 +13,13 @@ from torchvision.transforms import v2
 
 from cifar_lab.data import sources
 from cifar_lab.data.augment import build_transform
+from cifar_lab.data.device_loader import NO_AUGMENT, BatchAugment, DeviceLoader
 from cifar_lab.errors import ConfigError
 
 DATA_DIR_ENV = "CIFAR_LAB_DATA"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# The device loader's equivalent of each augment preset.
+BATCH_PRESETS = {"none": NO_AUGMENT, "standard": BatchAugment(padding=4, padding_mode="zeros", flip="random")}
 
 
 class ImageArrayDataset(Dataset):
@@ -49,6 +54,12 @@ class CIFAR10DataModule(L.LightningDataModule):
         val_size: training images held out for validation (the test split is never used for it).
         split_seed: seed of the train/val split, independent of the run's seed.
         augment: training augmentation preset (see ``cifar_lab.data.augment.PRESETS``).
+        loader: ``dataloader`` (torchvision transforms per image in worker processes) or ``device``
+            (each split held on the training device, augmented a batch at a time: much faster).
+        batch_augment: the device loader's augmentation; null means the ``augment`` preset's.
+        eval_batch_size: batch size for val/test/predict; null means ``batch_size``.
+        drop_last: drop the last incomplete training batch.
+        channels_last, dtype: memory format and dtype of the device loader's image batches.
     """
 
     num_classes = 10
@@ -64,6 +75,12 @@ class CIFAR10DataModule(L.LightningDataModule):
         val_size: int = 5000,
         split_seed: int = 0,
         augment: str = "standard",
+        loader: Literal["dataloader", "device"] = "dataloader",
+        batch_augment: BatchAugment | None = None,
+        eval_batch_size: int | None = None,
+        drop_last: bool = False,
+        channels_last: bool = False,
+        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
     ) -> None:
         super().__init__()
         if val_size < 0:
@@ -72,7 +89,12 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.data_dir = Path(data_dir if data_dir is not None else default_data_dir()).expanduser()
         self.train_transform = build_transform(augment, train=True)
         self.eval_transform = build_transform(augment, train=False)
+        if loader == "device" and batch_augment is None and augment not in BATCH_PRESETS:
+            raise ConfigError(f"augment preset {augment!r} has no device-loader version "
+                              f"({sorted(BATCH_PRESETS)}); set data.batch_augment or use loader: dataloader")
+        self.batch_augment = batch_augment or BATCH_PRESETS.get(augment, NO_AUGMENT)
         self.datasets: dict[str, ImageArrayDataset] = {}
+        self.on_device: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def prepare_data(self) -> None:
         # Runs on one process per node: the only place that downloads or writes the cache.
@@ -101,26 +123,51 @@ class CIFAR10DataModule(L.LightningDataModule):
             ),
         }
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, train: bool) -> DataLoader | DeviceLoader:
+        batch_size = self.hparams.batch_size if train else self.hparams.eval_batch_size or self.hparams.batch_size
+        if self.hparams.loader == "device":
+            return self._device_loader(split, train, batch_size)
         workers = self.hparams.num_workers
         return DataLoader(
             self.datasets[split],
-            batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
+            batch_size=batch_size,
+            shuffle=train,
             num_workers=workers,
             pin_memory=self.hparams.pin_memory,
             persistent_workers=workers > 0,
-            drop_last=False,
+            drop_last=train and self.hparams.drop_last,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+    def _device_loader(self, split: str, train: bool, batch_size: int) -> DeviceLoader:
+        trainer = self.trainer
+        device = trainer.strategy.root_device if trainer else torch.device("cpu")
+        key = (split, str(device))
+        if key not in self.on_device:  # copied to the device once per run
+            dataset = self.datasets[split]
+            self.on_device[key] = (dataset.images.to(device), dataset.labels.to(device))
+        images, labels = self.on_device[key]
+        return DeviceLoader(
+            images,
+            labels,
+            batch_size,
+            augment=self.batch_augment if train else NO_AUGMENT,
+            shuffle=train,
+            drop_last=train and self.hparams.drop_last,
+            seed=torch.initial_seed() % 2**31,  # the run's seed, as set by seed_everything
+            rank=trainer.global_rank if trainer else 0,
+            world_size=trainer.world_size if trainer else 1,
+            channels_last=self.hparams.channels_last,
+            dtype=DTYPES[self.hparams.dtype],
+        )
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+    def train_dataloader(self) -> DataLoader | DeviceLoader:
+        return self._loader("train", train=True)
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+    def val_dataloader(self) -> DataLoader | DeviceLoader:
+        return self._loader("val", train=False)
 
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+    def test_dataloader(self) -> DataLoader | DeviceLoader:
+        return self._loader("test", train=False)
+
+    def predict_dataloader(self) -> DataLoader | DeviceLoader:
+        return self._loader("test", train=False)

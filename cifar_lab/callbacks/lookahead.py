@@ -1,0 +1,52 @@
+"""Lookahead with a growing decay: the weights are pulled back towards a slow moving average.
+
+Every ``every_n_steps`` optimizer steps the slow copy moves towards the current weights,
+``slow = rho * slow + (1 - rho) * fast``, and the current weights are reset to it. ``rho`` grows
+as ``decay * (step / total_steps) ** decay_power``: fast progress early, strong averaging late
+(the fast CIFAR-10 recipes' choice; ``decay_power: 0`` is classic Lookahead with alpha = 1 - decay).
+Floating-point buffers (BatchNorm statistics) are averaged too.
+"""
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+
+class Lookahead(L.Callback):
+    def __init__(self, every_n_steps: int = 5, decay: float = 0.95**5, decay_power: float = 3.0,
+                 start_epoch: int = 0) -> None:
+        self.every_n_steps, self.decay, self.decay_power = every_n_steps, decay, decay_power
+        self.start_epoch = start_epoch
+        self.slow: dict[str, Tensor] | None = None
+
+    def _float_state(self, pl_module: L.LightningModule) -> dict[str, Tensor]:
+        return {k: v for k, v in pl_module.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def _pull(self, pl_module: L.LightningModule, rho: float) -> None:
+        for name, fast in self._float_state(pl_module).items():
+            slow = self.slow[name]
+            slow.lerp_(fast, 1 - rho)
+            fast.copy_(slow)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        if trainer.current_epoch < self.start_epoch or step % self.every_n_steps:
+            return
+        if self.slow is None:
+            self.slow = {k: v.detach().clone() for k, v in self._float_state(pl_module).items()}
+            return
+        rho = self.decay * (step / trainer.estimated_stepping_batches) ** self.decay_power
+        self._pull(pl_module, rho)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.slow is not None:  # evaluate and checkpoint the averaged weights
+            self._pull(pl_module, rho=1.0)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"slow": self.slow}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.slow = state_dict["slow"]

@@ -1,0 +1,164 @@
+"""A whole split as one uint8 tensor on the training device, augmented a batch at a time.
+
+A per-image DataLoader spends its time in Python and PIL-sized tensor ops; CIFAR-10 is only
+150 MB as uint8, so it fits on any GPU (or stays in CPU memory) and a batch is a handful of
+whole-batch tensor ops: gather, pad + crop with per-image offsets, flip, normalise, cutout.
+Normalisation uses the same torchvision functional ops as the DataLoader path, so unaugmented
+batches are identical in both.
+"""
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.transforms.v2 import functional as TF
+
+from cifar_lab.data.augment import CIFAR10_MEAN, CIFAR10_STD
+
+
+@dataclass(frozen=True)
+class BatchAugment:
+    """Augmentation done on whole batches by the device loader.
+
+    Args:
+        padding: pixels of padding before a random crop back to 32x32 (0 = no crop).
+        padding_mode: ``zeros`` pads with black (torchvision's RandomCrop), ``reflect`` mirrors.
+        flip: ``random`` flips each image with p=0.5; ``alternate`` flips a fixed random half in
+            even epochs and the other half in odd ones, so each image is seen both ways.
+        cutout: side of a square set to the mean colour at a random place (0 = off).
+    """
+
+    padding: int = 4
+    padding_mode: Literal["zeros", "reflect"] = "zeros"
+    flip: Literal["none", "random", "alternate"] = "random"
+    cutout: int = 0
+
+
+NO_AUGMENT = BatchAugment(padding=0, flip="none")
+
+
+class ShardedOrder:
+    """The order in which one process visits a split, per epoch: a seeded permutation, then this
+    rank's shard (padded by wrapping around so every rank gets the same number of items, as
+    ``DistributedSampler`` does). Lightning calls ``set_epoch`` on a loader's ``sampler``."""
+
+    def __init__(self, size: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.size, self.shuffle, self.seed = size, shuffle, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(self.size / self.world_size)
+
+    def indices(self) -> Tensor:
+        if self.shuffle:
+            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        else:
+            order = torch.arange(self.size)
+        padded = order.repeat(math.ceil(len(self) * self.world_size / self.size))[: len(self) * self.world_size]
+        return padded[self.rank :: self.world_size]
+
+
+def random_crop(images: Tensor, padding: int, mode: str, generator: torch.Generator) -> Tensor:
+    """Pad the batch, then crop 32x32 at an independent random offset per image (one gather)."""
+    n, _, h, w = images.shape
+    padded = F.pad(images, (padding,) * 4, mode="constant" if mode == "zeros" else mode)
+    offsets = torch.randint(0, 2 * padding + 1, (2, n), generator=generator).to(images.device)
+    rows = (offsets[0, :, None] + torch.arange(h, device=images.device))[:, None, :, None]
+    cols = (offsets[1, :, None] + torch.arange(w, device=images.device))[:, None, None, :]
+    batch = torch.arange(n, device=images.device)[:, None, None, None]
+    channels = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
+    return padded[batch, channels, rows, cols]
+
+
+def cutout(images: Tensor, size: int, generator: torch.Generator) -> Tensor:
+    """Set a size x size square per image (centred anywhere, clipped at the border) to 0, the mean colour."""
+    n, _, h, w = images.shape
+    top_left = (torch.randint(0, h, (2, n), generator=generator) - size // 2).to(images.device)
+    ys = torch.arange(h, device=images.device)[None, :]
+    xs = torch.arange(w, device=images.device)[None, :]
+    rows = (ys >= top_left[0, :, None]) & (ys < top_left[0, :, None] + size)
+    cols = (xs >= top_left[1, :, None]) & (xs < top_left[1, :, None] + size)
+    return images.masked_fill(rows[:, None, :, None] & cols[:, None, None, :], 0.0)
+
+
+def normalize(images: Tensor) -> Tensor:
+    """uint8 -> normalised float32 with torchvision's ops, exactly as the per-image pipeline does."""
+    return TF.normalize(TF.to_dtype(images, torch.float32, scale=True), list(CIFAR10_MEAN), list(CIFAR10_STD))
+
+
+class DeviceLoader:
+    """Iterable of ``(images, labels)`` batches from uint8 ``[N,3,32,32]`` images already on their device.
+
+    Args:
+        images, labels: the whole split (moved to the device by the caller, once).
+        batch_size: images per batch and process.
+        augment: batch augmentation (``NO_AUGMENT`` for val/test).
+        shuffle: a new seeded permutation each epoch.
+        drop_last: drop the last, smaller batch.
+        seed: base seed of the order and the augmentation (epoch ``e`` uses ``seed + e``).
+        rank, world_size: this process's shard under DDP.
+        channels_last, dtype: memory format and dtype of the image batches.
+    """
+
+    batch_sampler = None  # like a DataLoader's: Lightning reads ``sampler`` and ``batch_sampler``
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        batch_size: int,
+        augment: BatchAugment = NO_AUGMENT,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        channels_last: bool = False,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.images, self.labels = images, labels
+        self.batch_size, self.augment, self.drop_last = batch_size, augment, drop_last
+        self.channels_last, self.dtype = channels_last, dtype
+        self.sampler = ShardedOrder(len(labels), shuffle, seed, rank, world_size)
+        # Which images start flipped under the alternating scheme: fixed for the whole run.
+        self.flip_parity = torch.rand(len(labels), generator=torch.Generator().manual_seed(seed)) < 0.5
+
+    def __len__(self) -> int:
+        items = len(self.sampler)
+        return items // self.batch_size if self.drop_last else math.ceil(items / self.batch_size)
+
+    def _augment(self, images: Tensor, indices: Tensor, generator: torch.Generator) -> Tensor:
+        aug = self.augment
+        if aug.padding:
+            images = random_crop(images, aug.padding, aug.padding_mode, generator)
+        if aug.flip != "none":
+            if aug.flip == "random":
+                flip = torch.rand(len(images), generator=generator) < 0.5
+            else:
+                flip = self.flip_parity[indices] ^ bool(self.sampler.epoch % 2)
+            flip = flip.to(images.device)[:, None, None, None]
+            images = torch.where(flip, images.flip(-1), images)
+        images = normalize(images)
+        if aug.cutout:
+            images = cutout(images, aug.cutout, generator)
+        return images
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        order = self.sampler.indices()
+        generator = torch.Generator().manual_seed(self.sampler.seed + self.sampler.epoch + 1)
+        device = self.images.device
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            indices = order[start : start + self.batch_size]
+            on_device = indices.to(device, non_blocking=True)
+            images = self._augment(self.images[on_device], indices, generator)
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            yield images.to(self.dtype), self.labels[on_device]

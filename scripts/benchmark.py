@@ -1,0 +1,250 @@
+"""Benchmark of the fast path, every figure measured in this one run on this one machine.
+
+  a. pipeline:  images/s of training batches delivered on the device: torchvision DataLoader
+                (standard augmentation, 0 and N workers) vs the on-device loader.
+  b. overhead:  images/s of training through Lightning (our ImageClassifier) vs a plain PyTorch
+                loop with the same backbone, batch, optimizer, precision and loader.
+  c. accuracy:  training wall time and test accuracy of the fast config through the CLI, per seed.
+
+Each figure is a median over ``--repeats``. ``--quick`` shrinks everything to CPU size (and says
+so in the table). Results go to stdout; ``--out DIR`` also writes ``benchmark.json`` and
+``benchmark.md`` there. The dataset is read from ``$CIFAR_LAB_DATA`` (or ``--data-dir``).
+
+    python scripts/benchmark.py --device cuda --out results/
+    python scripts/benchmark.py --device cpu --quick
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from cifar_lab.cli import build_cli
+from cifar_lab.data import CIFAR10DataModule
+from cifar_lab.models import create
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST_CONFIG = ROOT / "configs" / "fast" / "airbench94.yaml"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_rate(measure: Callable[[], tuple[int, float]], repeats: int) -> float:
+    """Median images/s over repeats of ``measure() -> (images, seconds)``."""
+    rates = []
+    for _ in range(repeats):
+        images, seconds = measure()
+        rates.append(images / seconds)
+    return statistics.median(rates)
+
+
+def drain(batches: Iterable, device: torch.device, limit: int) -> tuple[int, float]:
+    """Time pulling ``limit`` batches onto ``device``."""
+    start, images = time.perf_counter(), 0
+    for i, (x, y) in enumerate(batches):
+        if i == limit:
+            break
+        x = x.to(device, non_blocking=True)
+        images += len(x)
+    sync(device)
+    return images, time.perf_counter() - start
+
+
+def datamodule(args: argparse.Namespace, **kwargs) -> CIFAR10DataModule:
+    dm = CIFAR10DataModule(args.data_dir, download=False, batch_size=args.batch_size, **kwargs)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def bench_pipeline(args: argparse.Namespace, device: torch.device) -> dict:
+    """a. images/s of the DataLoader path (0 and N workers) and the device loader."""
+    limit = args.pipeline_batches
+    results = {}
+    for workers in (0, args.workers):
+        dm = datamodule(args, num_workers=workers, pin_memory=device.type == "cuda")
+        results[f"dataloader_{workers}_workers"] = median_rate(lambda: drain(dm.train_dataloader(), device, limit),
+                                                              args.repeats)
+    dm = datamodule(args, loader="device", channels_last=True,
+                    dtype="bfloat16" if device.type == "cuda" else "float32")
+    trainer = L.Trainer(accelerator=device.type, devices=1, logger=False)  # the loader asks it for the device
+    dm.trainer = trainer
+    loader = dm.train_dataloader()
+    drain(loader, device, 2)  # first use copies the split to the device
+    results["device_loader"] = median_rate(lambda: drain(loader, device, limit), args.repeats)
+    results["ratio_device_vs_dataloader"] = results["device_loader"] / results[f"dataloader_{args.workers}_workers"]
+    return results
+
+
+class StepTimer(L.Callback):
+    """Time from the end of the warm-up steps to the end of training."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.start, self.seconds = warmup, 0.0, 0.0
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        if trainer.global_step == self.warmup:
+            sync(trainer.strategy.root_device)
+            self.start = time.perf_counter()
+
+    def on_train_end(self, trainer: L.Trainer, *args) -> None:
+        sync(trainer.strategy.root_device)
+        self.seconds = time.perf_counter() - self.start
+
+
+def bench_overhead(args: argparse.Namespace, device: torch.device) -> dict:
+    """b. Lightning + ImageClassifier vs a plain loop: same backbone, batch, SGD, precision, loader."""
+    precision = "bf16-mixed" if device.type == "cuda" else "32-true"
+    steps, warmup = args.overhead_steps, 5
+    dm = datamodule(args)
+    fit_args = ["--config", str(FAST_CONFIG), "--data.batch_size", str(args.batch_size),
+                "--trainer.accelerator", device.type, "--trainer.devices", "1", "--trainer.precision", precision,
+                "--trainer.logger", "false", "--checkpoint.save_top_k", "0", "--checkpoint.save_last", "false",
+                "--trainer.default_root_dir", args.scratch, "--trainer.max_steps", str(warmup + steps), "--trainer.max_epochs", "-1",
+                "--trainer.callbacks", "[]", "--model.lr_scheduler", "null"]
+
+    def configured() -> "L.pytorch.cli.LightningCLI":
+        cli = build_cli(fit_args, run=False)
+        cli.datamodule.datasets = dm.datasets  # skip re-reading the array file
+        cli.datamodule.trainer = cli.trainer
+        return cli
+
+    def ours() -> tuple[int, float]:
+        cli = configured()
+        timer = StepTimer(warmup)
+        cli.trainer.callbacks.append(timer)
+        cli.trainer.fit(cli.model, cli.datamodule)
+        return steps * args.batch_size, timer.seconds
+
+    def plain() -> tuple[int, float]:
+        loader = configured().datamodule.train_dataloader()  # the same loader settings as ours
+        model = create("airbench").to(device).to(memory_format=torch.channels_last).train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.5, momentum=0.85, nesterov=True, weight_decay=0.0013305)
+        batches = iter(loader)
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+        for step in range(warmup + steps):
+            if step == warmup:
+                sync(device)
+                start = time.perf_counter()
+            try:
+                images, labels = next(batches)
+            except StopIteration:
+                batches = iter(loader)
+                images, labels = next(batches)
+            with autocast:
+                loss = F.cross_entropy(model(images), labels, label_smoothing=0.2)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        sync(device)
+        return steps * args.batch_size, time.perf_counter() - start
+
+    results = {"plain_loop": median_rate(plain, args.repeats), "lightning": median_rate(ours, args.repeats)}
+    results["ratio_lightning_vs_plain"] = results["lightning"] / results["plain_loop"]
+    return results
+
+
+def bench_accuracy(args: argparse.Namespace, device: torch.device) -> dict:
+    """c. The fast config through the CLI: training seconds and test accuracy (with TTA) per seed."""
+    extra = ["--trainer.accelerator", device.type, "--trainer.devices", "1", "--trainer.logger", "false",
+             "--trainer.default_root_dir", args.scratch]  # checkpoints are written, as in any run
+    if device.type == "cuda":
+        extra += ["--trainer.precision", args.precision]
+    extra += args.fit_args.split()
+    if args.quick:
+        extra += ["--trainer.max_steps", str(args.quick_steps), "--model.backbone_kwargs", "{widths: [32, 64, 64]}"]
+    runs = []
+    for seed in [None, *range(args.seeds)]:  # the first run warms up kernels and is not counted
+        cli = build_cli(["--config", str(FAST_CONFIG), "--seed_everything", str(seed or 0), *extra,
+                         *(["--trainer.max_steps", "20"] if seed is None else [])], run=False)
+        cli.datamodule.prepare_data()
+        cli.datamodule.setup("fit")  # the array file is read outside the timed part
+        sync(device)
+        start = time.perf_counter()
+        cli.trainer.fit(cli.model, cli.datamodule)
+        sync(device)
+        seconds = time.perf_counter() - start
+        if seed is None:
+            continue
+        (metrics,) = cli.trainer.test(cli.model, cli.datamodule, verbose=False)
+        runs.append({"seed": seed, "train_seconds": seconds, "test_acc": metrics["test/acc"],
+                     "steps": cli.trainer.global_step, "epochs": cli.trainer.current_epoch})
+        print(f"seed {seed}: {seconds:.2f} s, test acc {metrics['test/acc']:.4f}", flush=True)
+    accs = [r["test_acc"] for r in runs]
+    return {
+        "config": str(FAST_CONFIG.relative_to(ROOT)) + (" (quick: narrow net, few steps)" if args.quick else ""),
+        "runs": runs,
+        "mean_test_acc": statistics.mean(accs),
+        "std_test_acc": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+        "median_train_seconds": statistics.median(r["train_seconds"] for r in runs),
+    }
+
+
+def markdown(report: dict) -> str:
+    env, a, b, c = report["environment"], report.get("pipeline"), report.get("overhead"), report.get("accuracy")
+    lines = [f"Device: {env['device']}; torch {env['torch']}, lightning {env['lightning']}; "
+             f"batch {env['batch_size']}; medians over {env['repeats']} repeats" + (" (quick)" if env["quick"] else ""),
+             "", "| measurement | images/s or value |", "| --- | --- |"]
+    for section in (a, b):
+        for key, value in (section or {}).items():
+            lines.append(f"| {key} | {value:,.2f} |")
+    if c:
+        lines.append(f"| fast config test acc, mean ± std over {len(c['runs'])} seeds | "
+                     f"{100 * c['mean_test_acc']:.2f}% ± {100 * c['std_test_acc']:.2f} |")
+        lines.append(f"| fast config training seconds (median) | {c['median_train_seconds']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="CPU-sized: fewer batches, steps and seeds")
+    parser.add_argument("--sections", default="pipeline,overhead,accuracy")
+    parser.add_argument("--data-dir", default=os.environ.get("CIFAR_LAB_DATA", "./data"))
+    parser.add_argument("--out", type=Path, help="folder for benchmark.json and benchmark.md")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    parser.add_argument("--precision", default="bf16-mixed", help="the accuracy run's precision on a GPU")
+    parser.add_argument("--fit-args", default="", help="extra CLI arguments for the accuracy runs")
+    args = parser.parse_args()
+    args.batch_size = 1024
+    args.pipeline_batches = 10 if args.quick else 44
+    args.overhead_steps = 5 if args.quick else 100
+    args.quick_steps = 20
+    if args.quick:
+        args.seeds = min(args.seeds, 2)
+    device = torch.device(args.device)
+    args.scratch = tempfile.mkdtemp(prefix="cifar_lab_benchmark_")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    report = {"environment": {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "torch": torch.__version__, "lightning": L.__version__, "batch_size": args.batch_size,
+        "repeats": args.repeats, "quick": args.quick, "precision": args.precision, "fit_args": args.fit_args,
+    }}
+    benches = {"pipeline": bench_pipeline, "overhead": bench_overhead, "accuracy": bench_accuracy}
+    for name in args.sections.split(","):
+        report[name] = benches[name](args, device)
+        print(json.dumps({name: report[name]}, indent=1), flush=True)
+    print(markdown(report))
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "benchmark.json").write_text(json.dumps(report, indent=1))
+        (args.out / "benchmark.md").write_text(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
