@@ -58,6 +58,7 @@ class ImageClassifier(L.LightningModule):
         self.val_metrics = accuracy_metrics(num_classes, "val/")
         self.test_metrics = accuracy_metrics(num_classes, "test/")
         self.test_per_class = MulticlassAccuracy(num_classes, average="none")
+        self.example_input_array = torch.zeros(2, 3, 32, 32)  # for the model summary and TensorBoard's graph
 
     def forward(self, images: Tensor) -> Tensor:
         return self.backbone(images)
@@ -80,12 +81,13 @@ class ImageClassifier(L.LightningModule):
         self.log_dict(metrics, prog_bar=True)
         return logits
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val", self.val_metrics)
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._evaluate(batch, "val", self.val_metrics)  # logits, for callbacks such as FigureLogger
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         logits = self._evaluate(batch, "test", self.test_metrics)
         self.test_per_class.update(logits, batch[1])
+        return logits
 
     def on_test_epoch_end(self) -> None:
         per_class = self.test_per_class.compute()

@@ -1,0 +1,8 @@
+"""Lightning callbacks the CLI adds to every run (each configurable under its own key)."""
+
+from cifar_lab.callbacks.figures import FigureLogger
+from cifar_lab.callbacks.hparams import HpMetric, SaveConfigAsHparams
+from cifar_lab.callbacks.report import RunReport
+from cifar_lab.callbacks.speed import EpochSpeed
+
+__all__ = ["EpochSpeed", "FigureLogger", "HpMetric", "RunReport", "SaveConfigAsHparams"]
