@@ -59,6 +59,8 @@ class FigureLogger(Callback):
     def _collect(self, logits: Tensor, batch: tuple[Tensor, Tensor]) -> None:
         if not self.collecting:
             return
+        if not isinstance(logits, Tensor):
+            raise ConfigError("figures: validation_step/test_step must return the logits (ImageClassifier does)")
         images, targets = batch
         if self.needs_confmat:
             self.confmat.update(logits, targets)
