@@ -5,16 +5,19 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
+from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 from test_cli import ROOT, SMOKE, cifar_lab
 from torch import nn
 
+from cifar_lab.callbacks import FigureLogger
 from cifar_lab.cli import main
 from cifar_lab.errors import ConfigError
 from cifar_lab.models import create
@@ -167,3 +170,17 @@ def test_grad_cam_highlights_where_the_class_evidence_is() -> None:
 
 def test_markdown_table_leaves_missing_values_blank() -> None:
     assert markdown_table(["a", "b"], [[1, None]]) == "| a | b |\n| --- | --- |\n| 1 |  |\n"
+
+
+def test_figures_switched_off_collect_nothing(tmp_path: Path) -> None:
+    trainer = SimpleNamespace(loggers=[TensorBoardLogger(tmp_path)], sanity_checking=False, current_epoch=4,
+                              max_epochs=10)
+    module = SimpleNamespace(class_names=CLASSES, device=torch.device("cpu"))
+    batch = (torch.zeros(2, 3, 32, 32), torch.tensor([0, 1]))
+    off = FigureLogger(confusion_matrix=False, per_class_accuracy=False, sample_predictions=0)
+    on = FigureLogger(every_n_epochs=5, confusion_matrix=False, per_class_accuracy=False, sample_predictions=1)
+    for figures in (off, on):
+        figures.on_validation_epoch_start(trainer, module)
+        figures.on_validation_batch_end(trainer, module, torch.eye(2, 10), batch, 0)
+    assert not off.collecting and off.confmat is None and off.samples == []
+    assert on.collecting and len(on.samples) == 1 and len(on.samples[0][0]) == 1  # epoch 5 of every 5
