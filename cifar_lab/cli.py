@@ -7,18 +7,23 @@ TensorBoard logger writing ``runs/<backbone>/version_N/`` with the full ``config
 import os
 import sys
 
+from jsonargparse import Namespace
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from cifar_lab import compare, visualize
+from cifar_lab.callbacks import EpochSpeed, FigureLogger, HpMetric, RunReport, SaveConfigAsHparams
 from cifar_lab.checkpoint_io import AtomicCheckpointIO
 from cifar_lab.data import CIFAR10DataModule
 from cifar_lab.errors import CifarLabError
 from cifar_lab.module import ImageClassifier
+from cifar_lab.runs import run_folder_of
 
 DEBUG_ENV = "CIFAR_LAB_DEBUG"
 RUNS_DIR = "runs"
+TOOLS = {"compare": compare.main, "visualize": visualize.main}  # `cifar-lab <tool> ...`, outside LightningCLI
 
 
 class CifarLabCLI(LightningCLI):
@@ -38,9 +43,13 @@ class CifarLabCLI(LightningCLI):
         parser.set_defaults({
             "trainer.logger": {
                 "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                "init_args": {"save_dir": RUNS_DIR, "name": None, "default_hp_metric": False},
+                "init_args": {"save_dir": RUNS_DIR, "name": None, "default_hp_metric": False, "log_graph": True},
             }
         })
+        parser.add_lightning_class_args(HpMetric, "hp_metric")
+        parser.add_lightning_class_args(EpochSpeed, "speed")
+        parser.add_lightning_class_args(FigureLogger, "figures")
+        parser.add_lightning_class_args(RunReport, "report")
 
     def before_instantiate_classes(self) -> None:
         """Name the TensorBoard run after the backbone unless the config names it."""
@@ -49,6 +58,21 @@ class CifarLabCLI(LightningCLI):
         init_args = getattr(logger, "init_args", None)
         if init_args is not None and "name" in init_args and init_args.name is None:
             init_args.name = config.model.backbone.replace(":", "-").replace("/", "-")
+        if self.subcommand == "test":
+            self._test_into_run_folder(config)
+
+    def _test_into_run_folder(self, config: Namespace) -> None:
+        """``test`` of a checkpoint from ``<run>/checkpoints/`` logs into ``<run>`` (not a new version), beside
+        the training curves it belongs to, and leaves that run's ``config.yaml`` as fit wrote it."""
+        run = run_folder_of(config.ckpt_path)
+        logger = config.trainer.logger
+        init_args = getattr(logger, "init_args", None)
+        if (run is None or init_args is None or not logger.class_path.endswith(".TensorBoardLogger")
+                or init_args.get("version") is not None):
+            return
+        init_args.save_dir, init_args.name, init_args.version = str(run.parent.parent), run.parent.name, run.name
+        init_args.log_graph = False  # fit logged it there already
+        self.save_config_callback = None
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         """The Trainer from the config, saving checkpoints atomically unless a plugin chose its own IO."""
@@ -67,6 +91,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> CifarLabCLI:
         CIFAR10DataModule,
         seed_everything_default=True,
         auto_configure_optimizers=False,  # optimizer and schedule live in model: (see ImageClassifier)
+        save_config_callback=SaveConfigAsHparams,
         save_config_kwargs={"overwrite": True},
         args=args,
         run=run,
@@ -75,7 +100,11 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> CifarLabCLI:
 
 def main(args: list[str] | None = None) -> None:
     """Console entry point; input errors end as one line on stderr unless CIFAR_LAB_DEBUG=1."""
+    argv = sys.argv[1:] if args is None else args
     try:
+        if argv and argv[0] in TOOLS:
+            TOOLS[argv[0]](argv[1:])
+            return
         build_cli(args)
     except CifarLabError as err:
         if os.environ.get(DEBUG_ENV) == "1":

@@ -16,10 +16,14 @@ from cifar_lab.schedules import build_scheduler
 
 
 def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
-    """Top-1 (plain accuracy, micro average) and, when there are enough classes, top-5."""
-    metrics = {"acc": MulticlassAccuracy(num_classes, average="micro")}
+    """Top-1 (plain accuracy, micro average) and, when there are enough classes, top-5.
+
+    The inputs are the module's own logits and labels: skipping torchmetrics' input checks avoids a
+    host-device sync on every training step.
+    """
+    metrics = {"acc": MulticlassAccuracy(num_classes, average="micro", validate_args=False)}
     if num_classes > 5:
-        metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+        metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro", validate_args=False)
     return MetricCollection(metrics, prefix=prefix)
 
 
@@ -75,6 +79,7 @@ class ImageClassifier(L.LightningModule):
             self.backbone.to(memory_format=torch.channels_last)
         if compile_mode is not None:
             self.backbone.compile(mode=compile_mode)  # in place: state_dict keys stay the same
+        self.example_input_array = torch.zeros(2, 3, 32, 32)  # for the model summary and TensorBoard's graph
 
     def forward(self, images: Tensor) -> Tensor:
         if self.hparams.channels_last:
@@ -111,12 +116,13 @@ class ImageClassifier(L.LightningModule):
         self.log_dict(metrics, prog_bar=True)
         return logits
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val", self.val_metrics)
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._evaluate(batch, "val", self.val_metrics)  # logits, for callbacks such as FigureLogger
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         logits = self._evaluate(batch, "test", self.test_metrics)
         self.test_per_class.update(logits, batch[1])
+        return logits
 
     def on_test_epoch_end(self) -> None:
         per_class = self.test_per_class.compute()

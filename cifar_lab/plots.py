@@ -1,0 +1,141 @@
+"""Figures shared by the TensorBoard callbacks, the test report and the scripts.
+
+Built on ``matplotlib.figure.Figure`` directly: it renders with the Agg canvas and keeps no pyplot
+state, so figures work without a display and are freed when dropped.
+"""
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from torch import Tensor, nn
+from torchmetrics.utilities.plot import plot_confusion_matrix
+from torchvision.utils import make_grid
+
+from cifar_lab.data.augment import CIFAR10_MEAN, CIFAR10_STD
+
+if TYPE_CHECKING:
+    from cifar_lab.runs import Run
+
+CORRECT, WRONG = "tab:green", "tab:red"
+
+
+def denormalize(images: Tensor) -> Tensor:
+    """Undo the CIFAR-10 normalisation: float ``[N,3,H,W]`` in [0, 1], ready to show."""
+    mean = torch.tensor(CIFAR10_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR10_STD, device=images.device).view(1, 3, 1, 1)
+    return (images * std + mean).clamp(0, 1)
+
+
+def first_conv(model: nn.Module) -> nn.Conv2d | None:
+    """The first ``Conv2d`` in module order: the layer that looks at pixels in a CNN."""
+    return next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+
+
+def filter_grid(conv: nn.Conv2d, zoom: int = 8) -> Tensor:
+    """The layer's filters as one ``[3,H,W]`` image, each filter scaled to [0, 1] and enlarged ``zoom`` times.
+
+    RGB filters show in colour; filters of other layers show their first input channel.
+    """
+    weight = conv.weight.detach().float().cpu()
+    weight = weight if weight.shape[1] == 3 else weight[:, :1]
+    weight = F.interpolate(weight, scale_factor=zoom, mode="nearest")
+    return make_grid(weight, nrow=8, normalize=True, scale_each=True, padding=2, pad_value=1.0)
+
+
+def confusion_matrix_figure(confmat: Tensor, class_names: Sequence[str]) -> Figure:
+    """Row-normalised confusion matrix (true class per row) drawn by torchmetrics."""
+    fig = Figure(figsize=(8, 7), layout="constrained")
+    ax = fig.add_subplot()
+    plot_confusion_matrix(confmat.detach().cpu(), ax=ax, labels=list(class_names))
+    ax.set_title("confusion matrix (rows: true class, normalised)")
+    return fig
+
+
+def per_class_accuracy_figure(accuracy: Tensor, class_names: Sequence[str]) -> Figure:
+    """Horizontal bars, one per class, with the accuracy written beside each."""
+    values = accuracy.detach().cpu().tolist()
+    fig = Figure(figsize=(6, 0.35 * len(values) + 1), layout="constrained")
+    ax = fig.add_subplot()
+    bars = ax.barh(list(class_names), values, color="tab:blue")
+    ax.bar_label(bars, fmt="%.3f", padding=2)
+    ax.set_xlim(0, 1.1)
+    ax.invert_yaxis()
+    ax.set_xlabel("accuracy")
+    return fig
+
+
+def prediction_grid_figure(images: Tensor, targets: Tensor, preds: Tensor, class_names: Sequence[str],
+                           columns: int = 8) -> Figure:
+    """Images (in [0, 1]) titled ``predicted / true`` in green when right and red when wrong."""
+    rows = -(-len(images) // columns)
+    fig = Figure(figsize=(1.6 * columns, 1.9 * rows), layout="constrained")
+    for i, (image, target, pred) in enumerate(zip(images.cpu(), targets.tolist(), preds.tolist())):
+        ax = fig.add_subplot(rows, columns, i + 1)
+        ax.imshow(image.permute(1, 2, 0).numpy())
+        ax.set_title(f"{class_names[pred]}\n({class_names[target]})", fontsize=8,
+                     color=CORRECT if pred == target else WRONG)
+        ax.axis("off")
+    return fig
+
+
+def top_predictions_figure(images: Tensor, probs: Tensor, targets: Tensor, class_names: Sequence[str],
+                           k: int = 3) -> Figure:
+    """One row per image: the image and a bar chart of its ``k`` most probable classes."""
+    top = probs.topk(k, dim=1)
+    fig = Figure(figsize=(6, 1.5 * len(images)), layout="constrained")
+    axes = fig.subplots(len(images), 2, squeeze=False, width_ratios=(1, 2.5))
+    for (ax_image, ax_bars), image, values, indices, target in zip(axes, images.cpu(), top.values.tolist(),
+                                                                   top.indices.tolist(), targets.tolist()):
+        ax_image.imshow(image.permute(1, 2, 0).numpy())
+        ax_image.set_title(f"true: {class_names[target]}", fontsize=9)
+        ax_image.axis("off")
+        colors = [CORRECT if index == target else WRONG for index in indices]
+        bars = ax_bars.barh([class_names[i] for i in indices], values, color=colors)
+        ax_bars.bar_label(bars, fmt="%.2f", padding=2)
+        ax_bars.set_xlim(0, 1.15)
+        ax_bars.invert_yaxis()
+    return fig
+
+
+def grad_cam_figure(images: Tensor, heatmaps: Tensor, preds: Tensor, class_names: Sequence[str]) -> Figure:
+    """Each image above its Grad-CAM heat map (for the predicted class) laid over it."""
+    fig = Figure(figsize=(1.6 * len(images), 3.4), layout="constrained")
+    axes = fig.subplots(2, len(images), squeeze=False)
+    for column, (image, heatmap, pred) in enumerate(zip(images.cpu(), heatmaps.cpu(), preds.tolist())):
+        picture = image.permute(1, 2, 0).numpy()
+        axes[0, column].imshow(picture)
+        axes[0, column].set_title(class_names[pred], fontsize=8)
+        axes[1, column].imshow(picture)
+        axes[1, column].imshow(heatmap.numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+        for ax in axes[:, column]:
+            ax.axis("off")
+    return fig
+
+
+def runs_figure(runs: Sequence["Run"]) -> Figure:
+    """Validation accuracy and training loss per epoch of every run overlaid, and their test accuracies."""
+    fig = Figure(figsize=(15, 4.5), layout="constrained")
+    ax_acc, ax_loss, ax_test = fig.subplots(1, 3)
+    for run in runs:
+        ax_acc.plot(*run.per_epoch("val/acc"), marker="o", label=run.label)
+        ax_loss.plot(*run.per_epoch("train/loss_epoch"), marker="o", label=run.label)
+    ax_acc.set(title="validation accuracy", xlabel="epoch", ylabel="val/acc")
+    ax_loss.set(title="training loss", xlabel="epoch", ylabel="train/loss")
+    tested = [(run.label, run.last("test/acc")) for run in runs if run.last("test/acc") is not None]
+    if tested:
+        bars = ax_test.bar(range(len(tested)), [acc for _, acc in tested], color="tab:blue")
+        ax_test.set_xticks(range(len(tested)), [label for label, _ in tested], rotation=20, ha="right")
+        ax_test.bar_label(bars, fmt="%.3f")
+        ax_test.set_ylim(0, 1.05)
+    else:
+        ax_test.text(0.5, 0.5, "no run was tested", ha="center", va="center", transform=ax_test.transAxes)
+    ax_test.set(title="test accuracy", ylabel="test/acc")
+    for ax in (ax_acc, ax_loss):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if ax.has_data():
+            ax.legend(fontsize=8)
+    return fig

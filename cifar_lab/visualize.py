@@ -1,0 +1,142 @@
+"""Look inside a trained model: top-3 predictions, feature maps, Grad-CAM heat maps and first-layer filters.
+
+    cifar-lab visualize runs/simple_cnn/version_0/checkpoints/last.ckpt --images 8 --out visualize
+    python scripts/visualize.py <checkpoint> --layers backbone.features.0.0 backbone.features.2.0
+
+Uses the first ``--images`` images of the CIFAR-10 test split (``--data_dir`` or ``$CIFAR_LAB_DATA``)
+and writes ``predictions.png``, ``feature_maps_<layer>.png``, ``grad_cam.png`` and ``filters.png``.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.utils import make_grid, save_image
+
+from cifar_lab.data import CIFAR10DataModule
+from cifar_lab.errors import CifarLabError, ConfigError
+from cifar_lab.module import ImageClassifier
+from cifar_lab.plots import denormalize, filter_grid, first_conv, grad_cam_figure, top_predictions_figure
+
+FEATURE_CHANNELS = 16  # channels shown per image and layer
+
+
+class CheckpointError(CifarLabError, FileNotFoundError):
+    """The checkpoint file is missing."""
+
+
+def conv_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
+    return {name: module for name, module in model.named_modules() if isinstance(module, nn.Conv2d)}
+
+
+def pick_layers(model: nn.Module, names: list[str] | None) -> dict[str, nn.Module]:
+    """The named modules, or the first and last convolutions; an unknown name lists the convolutions."""
+    convs = conv_layers(model)
+    if not names:
+        return {name: convs[name] for name in dict.fromkeys([next(iter(convs)), next(reversed(convs))])}
+    modules = dict(model.named_modules())
+    unknown = [name for name in names if name not in modules]
+    if unknown:
+        raise ConfigError(f"no layer named {', '.join(unknown)}; convolutions of this model: {', '.join(convs)}")
+    return {name: modules[name] for name in names}
+
+
+def feature_maps(model: nn.Module, layers: dict[str, nn.Module], images: Tensor) -> dict[str, Tensor]:
+    """Each layer's output ``[N,C,H,W]`` for the images, captured by forward hooks (cloned before in-place ops)."""
+    captured = {}
+    handles = [layer.register_forward_hook(lambda m, i, output, name=name: captured.__setitem__(name, output.clone()))
+               for name, layer in layers.items()]
+    try:
+        with torch.no_grad():
+            model(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured
+
+
+def grad_cam(model: nn.Module, layer: nn.Module, images: Tensor, classes: Tensor) -> Tensor:
+    """Grad-CAM (Selvaraju et al., 2017): the layer's activation maps weighted by the spatial mean of the class
+    score's gradient, summed, ReLU'd and scaled to [0, 1] per image; ``[N,H,W]`` at the input size."""
+    captured = {}
+    handle = layer.register_forward_hook(lambda m, i, output: captured.__setitem__("activation", output))
+    try:
+        with torch.enable_grad():
+            logits = model(images)
+            activation = captured["activation"]
+            (gradient,) = torch.autograd.grad(logits.gather(1, classes[:, None]).sum(), activation)
+    finally:
+        handle.remove()
+    weights = gradient.mean(dim=(2, 3), keepdim=True)
+    cam = F.relu((weights * activation).sum(dim=1, keepdim=True)).detach()
+    cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    return cam / cam.amax(dim=(1, 2), keepdim=True).clamp_min(1e-8)
+
+
+def load_model(ckpt_path: Path) -> ImageClassifier:
+    if not ckpt_path.is_file():
+        raise CheckpointError(f"no checkpoint at {ckpt_path}; pass a .ckpt from runs/<backbone>/version_N/checkpoints/")
+    return ImageClassifier.load_from_checkpoint(ckpt_path, map_location="cpu").eval()
+
+
+def first_test_images(data_dir: str | None, count: int) -> tuple[Tensor, Tensor]:
+    """The first ``count`` test images, normalised as the model saw them, and their labels."""
+    data = CIFAR10DataModule(data_dir=data_dir, download=False, val_size=0)
+    data.setup("test")
+    test = data.datasets["test"]
+    items = [test[i] for i in range(min(count, len(test)))]
+    return torch.stack([image for image, _ in items]), torch.tensor([label for _, label in items])
+
+
+def visualize(ckpt_path: Path, out: Path, count: int = 8, layer_names: list[str] | None = None,
+              cam_layer: str | None = None, data_dir: str | None = None) -> list[Path]:
+    """Write the four kinds of picture for ``count`` test images; returns the files written."""
+    model = load_model(ckpt_path)
+    images, targets = first_test_images(data_dir, count)
+    shown, names = denormalize(images), model.class_names
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    def save_figure(figure, name: str) -> None:
+        figure.savefig(out / name, dpi=80)
+        written.append(out / name)
+
+    with torch.no_grad():
+        probs = model(images).softmax(dim=1)
+    save_figure(top_predictions_figure(shown, probs, targets, names), "predictions.png")
+    for name, maps in feature_maps(model, pick_layers(model, layer_names), images).items():
+        maps = maps[:, :FEATURE_CHANNELS]  # one grey tile per channel, a row per image
+        path = out / f"feature_maps_{name}.png"
+        save_image(make_grid(maps.flatten(0, 1)[:, None], nrow=maps.shape[1], normalize=True, scale_each=True,
+                             pad_value=1.0), path)
+        written.append(path)
+    cam_module = pick_layers(model, [cam_layer])[cam_layer] if cam_layer else list(conv_layers(model).values())[-1]
+    preds = probs.argmax(dim=1)
+    save_figure(grad_cam_figure(shown, grad_cam(model, cam_module, images, preds), preds, names), "grad_cam.png")
+    save_image(filter_grid(first_conv(model)), out / "filters.png")
+    written.append(out / "filters.png")
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="cifar-lab visualize", description=__doc__.split("\n")[0])
+    parser.add_argument("ckpt", type=Path, help="a checkpoint written by cifar-lab fit")
+    parser.add_argument("--images", type=int, default=8, help="how many test images (from the first)")
+    parser.add_argument("--layers", nargs="+", help="modules whose feature maps to show (default: first and last conv)")
+    parser.add_argument("--cam_layer", help="module for Grad-CAM (default: the last conv)")
+    parser.add_argument("--data_dir", help="folder with cifar10.npz (default: $CIFAR_LAB_DATA or ./data)")
+    parser.add_argument("--out", type=Path, default=Path("visualize"), help="folder for the PNG files")
+    args = parser.parse_args(argv)
+    if args.images < 1:
+        parser.error("--images must be at least 1")
+    for path in visualize(args.ckpt, args.out, args.images, args.layers, args.cam_layer, args.data_dir):
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    from cifar_lab.cli import main as cli_main
+
+    cli_main(["visualize", *sys.argv[1:]])

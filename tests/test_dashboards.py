@@ -1,0 +1,186 @@
+"""TensorBoard dashboards, the test report, compare and visualize, on two tiny runs made by the real CLI."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+from lightning.pytorch.loggers import TensorBoardLogger
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+from test_cli import ROOT, SMOKE, cifar_lab
+from torch import nn
+
+from cifar_lab.callbacks import FigureLogger
+from cifar_lab.cli import main
+from cifar_lab.errors import ConfigError
+from cifar_lab.models import create
+from cifar_lab.runs import RunNotFoundError, load_run
+from cifar_lab.tables import markdown_table
+from cifar_lab.visualize import grad_cam, visualize
+
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+NARROW = ["--model.backbone_kwargs", '{"widths": [8, 16]}']
+FIGURES_OFF = ["--figures.every_n_epochs", "0", "--figures.first_layer_filters", "false"]
+
+
+@pytest.fixture(scope="module")
+def runs(npz_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two fits (default simple_cnn with figures every epoch; a narrow one with figures off); the first is tested."""
+    cwd = tmp_path_factory.mktemp("dash")
+    for extra in (["--figures.every_n_epochs", "1"], [*NARROW, *FIGURES_OFF]):
+        result = cifar_lab("fit", *SMOKE, *extra, cwd=cwd, data_dir=npz_dir)
+        assert result.returncode == 0, result.stderr[-3000:]
+    run = cwd / "runs" / "simple_cnn" / "version_0"
+    result = cifar_lab("test", "--config", str(run / "config.yaml"), "--ckpt_path",
+                       str(run / "checkpoints" / "last.ckpt"), cwd=cwd, data_dir=npz_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return cwd
+
+
+def events(run: Path) -> EventAccumulator:
+    accumulator = EventAccumulator(str(run))
+    accumulator.Reload()
+    return accumulator
+
+
+def scalar_values(accumulator: EventAccumulator, tag: str) -> list[float]:
+    return [event.value for event in accumulator.Scalars(tag)]
+
+
+def assert_png(path: Path, min_side: int = 64) -> None:
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        assert min(image.size) >= min_side, image.size
+        darkest, brightest = image.convert("L").getextrema()
+        assert brightest - darkest > 50  # not a blank canvas
+
+
+def test_fit_logs_scalars_hparams_graph_and_figures(runs: Path) -> None:
+    accumulator = events(runs / "runs" / "simple_cnn" / "version_0")
+    tags = accumulator.Tags()
+    for tag in ("val/acc", "val/acc_top5", "train/loss_epoch", "lr-SGD", "train/epoch_time_s",
+                "train/images_per_s", "hp_metric"):
+        assert tag in tags["scalars"], tag
+    assert scalar_values(accumulator, "hp_metric")[-1] == pytest.approx(max(scalar_values(accumulator, "val/acc")))
+    assert scalar_values(accumulator, "train/images_per_s")[0] > 0
+    for tag in ("val/confusion_matrix", "val/per_class_accuracy", "val/predictions", "filters/first_conv",
+                "test/confusion_matrix", "test/per_class_accuracy", "test/predictions"):
+        assert tag in tags["images"], tag
+    assert tags["graph"]
+    content = accumulator.PluginTagToContent("hparams")
+    session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    assert session.session_start_info.hparams["model/optimizer/init_args/lr"].number_value == 0.05
+    assert session.session_start_info.hparams["model/backbone"].string_value == "simple_cnn"
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
+    assert [info.name.tag for info in experiment.experiment.metric_infos] == ["hp_metric"]
+
+
+def test_figures_switched_off_are_not_logged(runs: Path) -> None:
+    accumulator = events(runs / "runs" / "simple_cnn" / "version_1")
+    assert accumulator.Tags()["images"] == []
+    assert "val/acc" in accumulator.Tags()["scalars"]
+
+
+def test_test_logs_into_the_checkpoints_run_and_writes_its_report(runs: Path) -> None:
+    run = runs / "runs" / "simple_cnn" / "version_0"
+    assert sorted(p.name for p in (runs / "runs" / "simple_cnn").iterdir()) == ["version_0", "version_1"]
+    assert yaml.safe_load((run / "config.yaml").read_text())["ckpt_path"] is None  # fit's config, kept
+    accumulator = events(run)
+    assert len(scalar_values(accumulator, "test/acc")) == 1
+    assert_png(run / "curves.png", min_side=200)
+    table = (run / "per_class_accuracy.md").read_text().splitlines()
+    assert len(table) == 2 + len(CLASSES) + 1
+    for line, name in zip(table[2:], CLASSES):
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        assert cells == [name, f"{scalar_values(accumulator, f'test/acc_{name}')[0]:.4f}"]
+    assert table[-1] == f"| **all** | {scalar_values(accumulator, 'test/acc')[0]:.4f} |"
+
+
+def test_compare_writes_a_table_matching_the_event_files(runs: Path) -> None:
+    (runs / "runs" / "empty" / "version_0").mkdir(parents=True)
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_runs.py"), "runs/*/version_*",
+                             "--out", "cmp"], cwd=runs, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert "skipped runs/empty/version_0: no TensorBoard event files" in result.stderr
+    with open(runs / "cmp" / "comparison.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert [row["run"] for row in rows] == ["simple_cnn/version_0", "simple_cnn/version_1"]
+    for row in rows:
+        accumulator = events(runs / "runs" / row["run"])
+        assert float(row["best_val_acc"]) == pytest.approx(max(scalar_values(accumulator, "val/acc")))
+        assert float(row["images_per_s"]) == pytest.approx(scalar_values(accumulator, "train/images_per_s")[0])
+        assert row["epochs"] == "1" and float(row["wall_time_s"]) > 0
+    assert float(rows[0]["test_acc"]) == pytest.approx(
+        scalar_values(events(runs / "runs" / "simple_cnn" / "version_0"), "test/acc")[0])
+    assert rows[1]["test_acc"] == ""  # never tested: blank
+    assert int(rows[0]["parameters"]) == 620_362
+    assert int(rows[1]["parameters"]) == sum(p.numel() for p in create("simple_cnn", widths=[8, 16]).parameters())
+    assert rows[0]["model.backbone_kwargs.widths"] == "" and rows[1]["model.backbone_kwargs.widths"] == "[8, 16]"
+    markdown = (runs / "cmp" / "comparison.md").read_text().splitlines()
+    assert len(markdown) == 4 and "| simple_cnn/version_1 | simple_cnn | " in markdown[3]
+    assert_png(runs / "cmp" / "comparison.png", min_side=200)
+
+
+def test_compare_without_any_run_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "not_a_run").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", str(tmp_path / "not_a_run"), "--out", str(tmp_path / "cmp")])
+    assert exit_info.value.code == 1
+    errors = capsys.readouterr().err.splitlines()
+    assert errors[0] == f"cifar-lab compare: skipped {tmp_path / 'not_a_run'}: no TensorBoard event files " \
+                        "(events.out.tfevents.*); is it a run folder?"
+    assert errors[1].startswith("cifar-lab: error: no run folders with TensorBoard event files")
+    with pytest.raises(RunNotFoundError):
+        load_run(tmp_path / "missing")
+
+
+def test_visualize_writes_its_pictures(runs: Path, npz_dir: Path, tmp_path: Path) -> None:
+    ckpt = runs / "runs" / "simple_cnn" / "version_0" / "checkpoints" / "last.ckpt"
+    written = visualize(ckpt, tmp_path, count=3, data_dir=str(npz_dir))
+    assert [p.name for p in written] == ["predictions.png", "feature_maps_backbone.features.0.0.png",
+                                         "feature_maps_backbone.features.2.0.png", "grad_cam.png", "filters.png"]
+    for path in written:
+        assert_png(path, min_side=20)
+    with Image.open(tmp_path / "feature_maps_backbone.features.0.0.png") as image:  # 3 rows of 16 32x32 maps
+        assert image.size == (2 + 16 * 34, 2 + 3 * 34)
+    with pytest.raises(ConfigError, match="no layer named nope; convolutions of this model: backbone.features.0.0"):
+        visualize(ckpt, tmp_path, count=1, layer_names=["nope"], data_dir=str(npz_dir))
+
+
+def test_grad_cam_highlights_where_the_class_evidence_is() -> None:
+    # The class score is the mean of one feature map, so its Grad-CAM is that map's positive part, scaled to 1.
+    conv = nn.Conv2d(1, 2, 1, bias=False)
+    conv.weight.data = torch.tensor([1.0, -1.0]).view(2, 1, 1, 1)
+    model = nn.Sequential(conv, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    image = torch.zeros(1, 1, 4, 4)
+    image[0, 0, 1, 2] = 2.0
+    image[0, 0, 3, 0] = 1.0
+    cam = grad_cam(model, conv, image, torch.tensor([0]))
+    assert torch.allclose(cam, image[:, 0] / 2.0)
+
+
+def test_markdown_table_leaves_missing_values_blank() -> None:
+    assert markdown_table(["a", "b"], [[1, None]]) == "| a | b |\n| --- | --- |\n| 1 |  |\n"
+
+
+def test_figures_switched_off_collect_nothing(tmp_path: Path) -> None:
+    trainer = SimpleNamespace(loggers=[TensorBoardLogger(tmp_path)], sanity_checking=False, current_epoch=4,
+                              max_epochs=10)
+    module = SimpleNamespace(class_names=CLASSES, device=torch.device("cpu"))
+    batch = (torch.zeros(2, 3, 32, 32), torch.tensor([0, 1]))
+    off = FigureLogger(confusion_matrix=False, per_class_accuracy=False, sample_predictions=0)
+    on = FigureLogger(every_n_epochs=5, confusion_matrix=False, per_class_accuracy=False, sample_predictions=1)
+    for figures in (off, on):
+        figures.on_validation_epoch_start(trainer, module)
+        figures.on_validation_batch_end(trainer, module, torch.eye(2, 10), batch, 0)
+    assert not off.collecting and off.confmat is None and off.samples == []
+    assert on.collecting and len(on.samples) == 1 and len(on.samples[0][0]) == 1  # epoch 5 of every 5
