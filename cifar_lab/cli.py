@@ -1,5 +1,8 @@
 """``cifar-lab``: LightningCLI wiring YAML configs to ImageClassifier, CIFAR10DataModule and Trainer.
 
+``cifar-lab models`` is handled before LightningCLI sees the arguments (it needs no Trainer),
+so the Trainer subcommands ``fit|validate|test|predict`` stay exactly LightningCLI's.
+
 Defaults every run gets: best/last checkpoints on ``val/acc``, a learning-rate monitor and a
 TensorBoard logger writing ``runs/<backbone>/version_N/`` with the full ``config.yaml`` beside it.
 """
@@ -15,10 +18,12 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from cifar_lab.checkpoint_io import AtomicCheckpointIO
 from cifar_lab.data import CIFAR10DataModule
 from cifar_lab.errors import CifarLabError
+from cifar_lab.models import summary
 from cifar_lab.module import ImageClassifier
 
 DEBUG_ENV = "CIFAR_LAB_DEBUG"
 RUNS_DIR = "runs"
+MODELS_COMMAND = "models"
 
 
 class CifarLabCLI(LightningCLI):
@@ -58,17 +63,28 @@ class CifarLabCLI(LightningCLI):
         return trainer
 
 
+def build_cli(args: list[str] | None = None) -> CifarLabCLI:
+    """The LightningCLI of ``cifar-lab``, after running the subcommand in ``args`` (default: sys.argv)."""
+    return CifarLabCLI(
+        ImageClassifier,
+        CIFAR10DataModule,
+        seed_everything_default=True,
+        auto_configure_optimizers=False,  # optimizer and schedule live in model: (see ImageClassifier)
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"epilog": f"also: 'cifar-lab {MODELS_COMMAND}' lists the backbones with their parameter counts "
+                                 f"and MFLOPs"},
+        args=args,
+    )
+
+
 def main(args: list[str] | None = None) -> None:
     """Console entry point; input errors end as one line on stderr unless CIFAR_LAB_DEBUG=1."""
+    argv = sys.argv[1:] if args is None else args
     try:
-        CifarLabCLI(
-            ImageClassifier,
-            CIFAR10DataModule,
-            seed_everything_default=True,
-            auto_configure_optimizers=False,  # optimizer and schedule live in model: (see ImageClassifier)
-            save_config_kwargs={"overwrite": True},
-            args=args,
-        )
+        if argv[:1] == [MODELS_COMMAND]:
+            summary.main(argv[1:])
+        else:
+            build_cli(args)
     except CifarLabError as err:
         if os.environ.get(DEBUG_ENV) == "1":
             raise
