@@ -23,3 +23,7 @@ class UnknownBackboneError(CifarLabError, ValueError):
 
 class ConfigError(CifarLabError, ValueError):
     """A config value is out of range or names an unknown option."""
+
+
+class WeightsNotFoundError(CifarLabError, FileNotFoundError):
+    """A local weights file named in a config is not there (weights are never downloaded)."""

@@ -26,7 +26,8 @@ class ImageClassifier(L.LightningModule):
     """Image classification with a backbone chosen by name.
 
     Args:
-        backbone: a registered name (``cifar-lab`` lists them in errors) or ``package.module:factory``.
+        backbone: a registered name (``cifar-lab models`` lists them), ``torchvision:<name>`` or
+            ``package.module:factory``.
         backbone_kwargs: extra keyword arguments for the backbone factory.
         num_classes: linked from the DataModule.
         class_names: linked from the DataModule; names the per-class test accuracies.
