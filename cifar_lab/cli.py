@@ -15,7 +15,9 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from cifar_lab.checkpoint_io import AtomicCheckpointIO
 from cifar_lab.data import CIFAR10DataModule
 from cifar_lab.errors import CifarLabError
+from cifar_lab.export import main as export_main
 from cifar_lab.module import ImageClassifier
+from cifar_lab.prediction_writer import CSVPredictionWriter
 
 DEBUG_ENV = "CIFAR_LAB_DEBUG"
 RUNS_DIR = "runs"
@@ -35,6 +37,7 @@ class CifarLabCLI(LightningCLI):
             "checkpoint.auto_insert_metric_name": False,
         })
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.add_lightning_class_args(CSVPredictionWriter, "predictions")
         parser.set_defaults({
             "trainer.logger": {
                 "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
@@ -59,8 +62,15 @@ class CifarLabCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> None:
-    """Console entry point; input errors end as one line on stderr unless CIFAR_LAB_DEBUG=1."""
+    """Console entry point; input errors end as one line on stderr unless CIFAR_LAB_DEBUG=1.
+
+    ``cifar-lab export ...`` is handed to ``cifar_lab.export``; everything else is LightningCLI's.
+    """
+    argv = sys.argv[1:] if args is None else args
     try:
+        if argv[:1] == ["export"]:
+            export_main(argv[1:])
+            return
         CifarLabCLI(
             ImageClassifier,
             CIFAR10DataModule,

@@ -23,3 +23,7 @@ class UnknownBackboneError(CifarLabError, ValueError):
 
 class ConfigError(CifarLabError, ValueError):
     """A config value is out of range or names an unknown option."""
+
+
+class ModelFileError(CifarLabError):
+    """A checkpoint or pretrained weights file is missing or does not hold what it should."""
