@@ -73,7 +73,9 @@ def onnx_runner(path: Path) -> Runner:
         import onnxruntime
     except ImportError as err:
         raise ConfigError("ONNX needs onnxruntime: pip install 'cifar-lab[export]'") from err
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()  # the same CPU share as PyTorch gets
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return lambda images: session.run(None, {"images": images})[0]
 
 
@@ -102,11 +104,12 @@ def max_difference(reference: Runner, exported: Runner, images: np.ndarray) -> f
     return float(np.abs(reference(images) - exported(images)).max())
 
 
-def latency_ms(run: Runner, images: np.ndarray, repeats: int = 20) -> float:
-    """Median wall time per image of ``run`` on the batch ``images``, after a warm-up call."""
-    run(images)
+def latency_ms(run: Runner, images: np.ndarray, runs: int) -> float:
+    """Median wall time per image of ``run`` on the batch ``images``, after warm-up calls."""
+    for _ in range(3):
+        run(images)
     times = []
-    for _ in range(repeats):
+    for _ in range(runs):
         start = time.perf_counter()
         run(images)
         times.append(time.perf_counter() - start)
@@ -156,6 +159,8 @@ def export(
     data_dir: str | None = None,
     eval_images: int = 10000,
     calibration_images: int = 512,
+    timing_runs: int = 100,
+    threads: int = 1,
 ) -> None:
     """Export a checkpoint and check the exported model against PyTorch.
 
@@ -169,9 +174,13 @@ def export(
             ``$CIFAR_LAB_DATA`` or ``./data``.
         eval_images: test images for the accuracy comparison of ``--quantize``.
         calibration_images: training images that calibrate ``--quantize static``.
+        timing_runs: timed calls behind each latency figure (their median).
+        threads: CPU threads for PyTorch and onnxruntime; 1 gives per-core latencies that stay
+            comparable on a machine busy with other work.
     """
     if quantize != "none" and format != "onnx":
         raise ConfigError("--quantize works on the ONNX model: add --format onnx")
+    torch.set_num_threads(threads)
     arrays = sources.load_arrays(sources.prepare(Path(data_dir or default_data_dir()).expanduser(), download=False))
     test_images = as_model_input(arrays.test_images[:eval_images])
     test_labels = arrays.test_labels[:eval_images]
@@ -197,22 +206,24 @@ def export(
         calibration = as_model_input(arrays.train_images[:calibration_images])
         quantize_onnx(target, quantized, quantize, calibration)
         rows.append((f"onnx int8 {quantize}", onnx_runner(quantized), quantized))
-    print_report(rows, test_images, test_labels, with_accuracy=quantize != "none")
+    print_report(rows, test_images, test_labels, with_accuracy=quantize != "none", timing_runs=timing_runs)
 
 
 def print_report(rows: list[tuple[str, Runner, Path | None]], images: np.ndarray, labels: np.ndarray,
-                 with_accuracy: bool) -> None:
+                 with_accuracy: bool, timing_runs: int) -> None:
     """Size, per-image CPU latency at batch 1 and 64, and (for quantisation) test accuracy."""
+    print(f"CPU latency per image, median of {timing_runs} calls, {torch.get_num_threads()} thread(s):")
     header = f"{'model':<20} {'file MB':>8} {'ms/img b=1':>11} {'ms/img b=64':>12}"
     print(header + (f" {'accuracy':>9}" if with_accuracy else ""))
     for name, run, path in rows:
         size = f"{path.stat().st_size / 2**20:8.2f}" if path else f"{'-':>8}"
-        line = f"{name:<20} {size} {latency_ms(run, images[:1], repeats=200):11.3f} {latency_ms(run, images[:64]):12.3f}"
+        line = f"{name:<20} {size} {latency_ms(run, images[:1], timing_runs):11.3f} "
+        line += f"{latency_ms(run, images[:64], timing_runs):12.3f}"
         if with_accuracy:
             line += f" {accuracy(run, images, labels):9.4f}"
         print(line)
     if with_accuracy:
-        print(f"(accuracy on the first {len(labels)} CIFAR-10 test images; {torch.get_num_threads()} CPU threads)")
+        print(f"(accuracy on the first {len(labels)} CIFAR-10 test images)")
 
 
 def main(args: list[str] | None = None) -> None:
