@@ -26,6 +26,7 @@ from cifar_lab.errors import CifarLabError, ConfigError, ModelFileError
 from cifar_lab.module import ImageClassifier
 
 TOLERANCE = 1e-4
+NEEDS_EXTRA = "ONNX export needs onnxscript and onnxruntime: pip install 'cifar-lab[export]'"
 Runner = Callable[[np.ndarray], np.ndarray]  # float32 [N,3,32,32] in [0,1] -> logits [N,classes]
 
 
@@ -49,7 +50,9 @@ class Normalized(nn.Module):
 def load_classifier(ckpt_path: str) -> ImageClassifier:
     """The checkpoint's model in eval mode on the CPU, loaded without unpickling arbitrary objects."""
     if not Path(ckpt_path).is_file():
-        raise ModelFileError(f"checkpoint {ckpt_path!r} not found; runs keep theirs in runs/<backbone>/version_N/checkpoints/")
+        raise ModelFileError(
+            f"checkpoint {ckpt_path!r} not found; runs keep theirs in runs/<backbone>/version_N/checkpoints/"
+        )
     try:
         model = ImageClassifier.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
     except (RuntimeError, KeyError, EOFError, OSError) as err:
@@ -58,6 +61,10 @@ def load_classifier(ckpt_path: str) -> ImageClassifier:
 
 
 def export_onnx(model: nn.Module, out: Path) -> None:
+    try:
+        import onnxscript  # noqa: F401  (torch's ONNX exporter builds the graph with it)
+    except ImportError as err:
+        raise ConfigError(NEEDS_EXTRA) from err
     example = torch.rand(2, 3, 32, 32)
     batch = torch.export.Dim("batch", min=1)
     torch.onnx.export(model, (example,), out, input_names=["images"], output_names=["logits"],
@@ -72,7 +79,7 @@ def onnx_runner(path: Path) -> Runner:
     try:
         import onnxruntime
     except ImportError as err:
-        raise ConfigError("ONNX needs onnxruntime: pip install 'cifar-lab[export]'") from err
+        raise ConfigError(NEEDS_EXTRA) from err
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()  # the same CPU share as PyTorch gets
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -128,7 +135,8 @@ def as_model_input(images: np.ndarray) -> np.ndarray:
 
 def quantize_onnx(fp32: Path, out: Path, mode: Literal["dynamic", "static"], calibration: np.ndarray) -> None:
     """int8 weights (``dynamic``) or int8 weights and activations calibrated on images (``static``)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
+                                          quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Calibration(CalibrationDataReader):
@@ -193,7 +201,10 @@ def export(
     write(model, target)
     exported = load(target)
 
-    checks = {"random": np.random.default_rng(0).random((7, 3, 32, 32), dtype=np.float32), "cifar10-test": test_images[:256]}
+    checks = {
+        "random": np.random.default_rng(0).random((7, 3, 32, 32), dtype=np.float32),
+        "cifar10-test": test_images[:256],
+    }
     for name, images in checks.items():
         difference = max_difference(reference, exported, images)
         print(f"max |logit difference| vs PyTorch on {len(images)} {name} images: {difference:.2e}")

@@ -59,12 +59,13 @@ def finetune(npz_dir: Path, weights_file: Path, callbacks: list[L.Callback], **t
     L.seed_everything(0)
     datamodule = CIFAR10DataModule(str(npz_dir), download=False, batch_size=16, num_workers=0, val_size=50)
     model = ImageClassifier("pretrained", backbone_kwargs={"weights_path": str(weights_file), "input_size": None},
-                            optimizer=torch.optim.SGD)  # plain SGD: a step changes exactly the parameters with gradients
+                            optimizer=torch.optim.SGD)  # plain SGD: a step changes exactly the parameters with grads
     tiny_trainer(callbacks=callbacks, limit_val_batches=0, **trainer_kwargs).fit(model, datamodule)
     return model
 
 
-@pytest.mark.parametrize(("freeze", "changed_prefixes"), [("backbone", {"fc."}), ("none", {"fc.", "conv1.", "layer4."})])
+@pytest.mark.parametrize(("freeze", "changed_prefixes"),
+                         [("backbone", {"fc."}), ("none", {"fc.", "conv1.", "layer4."})])
 def test_freezing_the_backbone_trains_only_the_head(npz_dir: Path, weights_file: Path, freeze: str,
                                                     changed_prefixes: set[str]) -> None:
     saved = torch.load(weights_file, weights_only=True)
@@ -72,7 +73,7 @@ def test_freezing_the_backbone_trains_only_the_head(npz_dir: Path, weights_file:
     after = {name.removeprefix("backbone.net."): value for name, value in model.state_dict().items()}
     changed = {name for name, value in saved.items() if name in after and not torch.equal(value, after[name])}
     assert changed  # the step did something
-    assert {prefix for prefix in changed_prefixes if any(name.startswith(prefix) for name in changed)} == changed_prefixes
+    assert all(any(name.startswith(prefix) for name in changed) for prefix in changed_prefixes)
     if freeze == "backbone":  # weights and batch-norm statistics of the backbone untouched
         assert all(name.startswith("fc.") for name in changed)
 

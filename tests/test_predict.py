@@ -121,7 +121,8 @@ def test_predict_defaults_to_the_test_split_and_applies_tta(checkpoint: Path, np
     assert [row["path"] for row in rows] == [f"test[{i}]" for i in range(60)]
 
     model = ImageClassifier.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True).eval()
-    image = build_transform("standard", train=False)(torch.from_numpy(np.load(npz_dir / "cifar10.npz")["test_images"][0]).permute(2, 0, 1))
+    first_test_image = torch.from_numpy(np.load(npz_dir / "cifar10.npz")["test_images"][0]).permute(2, 0, 1)
+    image = build_transform("standard", train=False)(first_test_image)
     with torch.no_grad():
         tta = (model(image[None]).softmax(1) + model(image.flip(-1)[None]).softmax(1)) / 2
     assert float(rows[0]["probability"]) == pytest.approx(tta.max().item(), abs=1e-4)

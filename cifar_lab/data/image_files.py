@@ -36,7 +36,8 @@ def find_images(pattern: str) -> list[Path]:
     found = sorted(p for p in candidates if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not found:
         raise DataNotFoundError(
-            f"no PNG/JPEG images at {pattern!r}; give an image file, a folder of images or a glob such as 'photos/*.jpg'"
+            f"no PNG/JPEG images at {pattern!r}; give an image file, a folder of images or a glob "
+            f"such as 'photos/*.jpg'"
         )
     return found
 

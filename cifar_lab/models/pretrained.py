@@ -25,7 +25,7 @@ class Upsampled(nn.Module):
         self.net = net
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.size is not None and x.shape[-1] != self.size:
+        if self.size is not None:
             x = nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
         return self.net(x)
 
@@ -70,7 +70,9 @@ def pretrained(num_classes: int = 10, arch: str = "resnet18", weights_path: str 
     try:
         net = models.get_model(arch, weights=None)
     except ValueError as err:
-        raise ConfigError(f"unknown torchvision model {arch!r}; choose one of torchvision.models.list_models()") from err
+        raise ConfigError(
+            f"unknown torchvision model {arch!r}; choose one of torchvision.models.list_models()"
+        ) from err
     if weights_path is not None:
         load_weights(net, weights_path)
     replace_head(net, num_classes)
