@@ -1,7 +1,7 @@
 """``cifar-lab``: LightningCLI wiring YAML configs to ImageClassifier, CIFAR10DataModule and Trainer.
 
-``cifar-lab models`` is handled before LightningCLI sees the arguments (it needs no Trainer),
-so the Trainer subcommands ``fit|validate|test|predict`` stay exactly LightningCLI's.
+``cifar-lab models|compare|visualize|export`` are handled before LightningCLI sees the arguments
+(they need no Trainer), so the subcommands ``fit|validate|test|predict`` stay exactly LightningCLI's.
 
 Defaults every run gets: best/last checkpoints on ``val/acc``, a learning-rate monitor and a
 TensorBoard logger writing ``runs/<backbone>/version_N/`` with the full ``config.yaml`` beside it.
@@ -21,8 +21,10 @@ from cifar_lab.callbacks import EpochSpeed, FigureLogger, HpMetric, RunReport, S
 from cifar_lab.checkpoint_io import AtomicCheckpointIO
 from cifar_lab.data import CIFAR10DataModule
 from cifar_lab.errors import CifarLabError
+from cifar_lab.export import main as export_main
 from cifar_lab.models import summary
 from cifar_lab.module import ImageClassifier
+from cifar_lab.prediction_writer import CSVPredictionWriter
 from cifar_lab.runs import run_folder_of
 
 DEBUG_ENV = "CIFAR_LAB_DEBUG"
@@ -31,6 +33,7 @@ TOOLS = {  # `cifar-lab <tool> ...`, handled before LightningCLI parses
     "compare": compare.main,
     "visualize": visualize.main,
     "models": summary.main,
+    "export": export_main,
 }
 
 
@@ -48,6 +51,7 @@ class CifarLabCLI(LightningCLI):
             "checkpoint.auto_insert_metric_name": False,
         })
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.add_lightning_class_args(CSVPredictionWriter, "predictions")
         parser.set_defaults({
             "trainer.logger": {
                 "class_path": "lightning.pytorch.loggers.TensorBoardLogger",

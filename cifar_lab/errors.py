@@ -27,3 +27,7 @@ class ConfigError(CifarLabError, ValueError):
 
 class WeightsNotFoundError(CifarLabError, FileNotFoundError):
     """A local weights file named in a config is not there (weights are never downloaded)."""
+
+
+class ModelFileError(CifarLabError):
+    """A checkpoint or pretrained weights file is missing or does not hold what it should."""

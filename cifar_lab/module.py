@@ -36,6 +36,8 @@ class ImageClassifier(L.LightningModule):
             length of training in ``scheduler_interval`` units.
         scheduler_interval: step the schedule every ``epoch`` or every optimizer ``step``.
         label_smoothing: cross-entropy label smoothing for training.
+        predict_with_tta: ``predict`` averages the class probabilities of each image and its mirror
+            image; an inference choice, so it is not saved with the checkpoint's hyperparameters.
     """
 
     def __init__(
@@ -48,9 +50,11 @@ class ImageClassifier(L.LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Literal["epoch", "step"] = "epoch",
         label_smoothing: float = 0.0,
+        predict_with_tta: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "predict_with_tta"])
+        self.predict_with_tta = predict_with_tta
         self.backbone = create(backbone, num_classes=num_classes, **(backbone_kwargs or {}))
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
@@ -96,7 +100,9 @@ class ImageClassifier(L.LightningModule):
         self.test_per_class.reset()
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self(batch[0]).softmax(dim=1)
+        images = batch[0]
+        views = [images, images.flip(-1)] if self.predict_with_tta else [images]
+        return torch.stack([self(view).softmax(dim=1) for view in views]).mean(dim=0)
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer(self.parameters())

@@ -12,6 +12,7 @@ from torchvision.transforms import v2
 
 from cifar_lab.data import sources
 from cifar_lab.data.augment import build_transform
+from cifar_lab.data.image_files import load_images
 from cifar_lab.errors import ConfigError
 
 DATA_DIR_ENV = "CIFAR_LAB_DATA"
@@ -49,6 +50,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         val_size: training images held out for validation (the test split is never used for it).
         split_seed: seed of the train/val split, independent of the run's seed.
         augment: training augmentation preset (see ``cifar_lab.data.augment.PRESETS``).
+        predict_path: PNG/JPEG file, folder or glob for ``predict``; null predicts the test split.
     """
 
     num_classes = 10
@@ -64,6 +66,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         val_size: int = 5000,
         split_seed: int = 0,
         augment: str = "standard",
+        predict_path: str | None = None,
     ) -> None:
         super().__init__()
         if val_size < 0:
@@ -76,9 +79,15 @@ class CIFAR10DataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         # Runs on one process per node: the only place that downloads or writes the cache.
+        if self.hparams.predict_path is not None and self.trainer is not None and self.trainer.predicting:
+            return  # image files need no CIFAR-10 on disk
         sources.prepare(self.data_dir, self.hparams.download)
 
     def setup(self, stage: str) -> None:
+        if stage == "predict" and self.hparams.predict_path is not None:
+            images, self.image_paths = load_images(self.hparams.predict_path)
+            self.datasets["predict"] = ImageArrayDataset(images, torch.arange(len(images)), self.eval_transform)
+            return
         if self.datasets:
             return
         arrays = sources.load_arrays(sources.prepare(self.data_dir, download=False))
@@ -123,4 +132,10 @@ class CIFAR10DataModule(L.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("predict" if "predict" in self.datasets else "test", shuffle=False)
+
+    def predict_names(self) -> list[str]:
+        """What each predicted item is: its image file, or ``test[i]`` for the test split."""
+        if "predict" in self.datasets:
+            return self.image_paths
+        return [f"test[{index}]" for index in range(len(self.datasets["test"]))]
