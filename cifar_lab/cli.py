@@ -1,5 +1,8 @@
 """``cifar-lab``: LightningCLI wiring YAML configs to ImageClassifier, CIFAR10DataModule and Trainer.
 
+``cifar-lab models|compare|visualize|export`` are handled before LightningCLI sees the arguments
+(they need no Trainer), so the subcommands ``fit|validate|test|predict`` stay exactly LightningCLI's.
+
 Defaults every run gets: best/last checkpoints on ``val/acc``, a learning-rate monitor and a
 TensorBoard logger writing ``runs/<backbone>/version_N/`` with the full ``config.yaml`` beside it.
 """
@@ -18,12 +21,20 @@ from cifar_lab.callbacks import EpochSpeed, FigureLogger, HpMetric, RunReport, S
 from cifar_lab.checkpoint_io import AtomicCheckpointIO
 from cifar_lab.data import CIFAR10DataModule
 from cifar_lab.errors import CifarLabError
+from cifar_lab.export import main as export_main
+from cifar_lab.models import summary
 from cifar_lab.module import ImageClassifier
+from cifar_lab.prediction_writer import CSVPredictionWriter
 from cifar_lab.runs import run_folder_of
 
 DEBUG_ENV = "CIFAR_LAB_DEBUG"
 RUNS_DIR = "runs"
-TOOLS = {"compare": compare.main, "visualize": visualize.main}  # `cifar-lab <tool> ...`, outside LightningCLI
+TOOLS = {  # `cifar-lab <tool> ...`, handled before LightningCLI parses
+    "compare": compare.main,
+    "visualize": visualize.main,
+    "models": summary.main,
+    "export": export_main,
+}
 
 
 class CifarLabCLI(LightningCLI):
@@ -40,6 +51,7 @@ class CifarLabCLI(LightningCLI):
             "checkpoint.auto_insert_metric_name": False,
         })
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.add_lightning_class_args(CSVPredictionWriter, "predictions")
         parser.set_defaults({
             "trainer.logger": {
                 "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
@@ -85,7 +97,8 @@ class CifarLabCLI(LightningCLI):
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> CifarLabCLI:
-    """The CLI exactly as ``cifar-lab`` builds it; ``run=False`` parses and instantiates only."""
+    """The LightningCLI of ``cifar-lab``, after running the subcommand in ``args`` (default: sys.argv);
+    ``run=False`` parses and instantiates only (``args`` then has no subcommand)."""
     return CifarLabCLI(
         ImageClassifier,
         CIFAR10DataModule,
@@ -93,6 +106,8 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> CifarLabCLI:
         auto_configure_optimizers=False,  # optimizer and schedule live in model: (see ImageClassifier)
         save_config_callback=SaveConfigAsHparams,
         save_config_kwargs={"overwrite": True},
+        parser_kwargs={"epilog": "also: 'cifar-lab models' lists the backbones with their parameter counts and "
+                                 "MFLOPs; 'cifar-lab compare' and 'cifar-lab visualize' look at runs"},
         args=args,
         run=run,
     )
@@ -104,8 +119,8 @@ def main(args: list[str] | None = None) -> None:
     try:
         if argv and argv[0] in TOOLS:
             TOOLS[argv[0]](argv[1:])
-            return
-        build_cli(args)
+        else:
+            build_cli(args)
     except CifarLabError as err:
         if os.environ.get(DEBUG_ENV) == "1":
             raise

@@ -23,3 +23,11 @@ class UnknownBackboneError(CifarLabError, ValueError):
 
 class ConfigError(CifarLabError, ValueError):
     """A config value is out of range or names an unknown option."""
+
+
+class WeightsNotFoundError(CifarLabError, FileNotFoundError):
+    """A local weights file named in a config is not there (weights are never downloaded)."""
+
+
+class ModelFileError(CifarLabError):
+    """A checkpoint or pretrained weights file is missing or does not hold what it should."""

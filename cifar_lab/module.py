@@ -31,7 +31,8 @@ class ImageClassifier(L.LightningModule):
     """Image classification with a backbone chosen by name.
 
     Args:
-        backbone: a registered name (``cifar-lab`` lists them in errors) or ``package.module:factory``.
+        backbone: a registered name (``cifar-lab models`` lists them), ``torchvision:<name>`` or
+            ``package.module:factory``.
         backbone_kwargs: extra keyword arguments for the backbone factory.
         num_classes: linked from the DataModule.
         class_names: linked from the DataModule; names the per-class test accuracies.
@@ -47,6 +48,8 @@ class ImageClassifier(L.LightningModule):
         norm_lr_scale: learning-rate multiplier for normalisation layers' parameters (their weight
             decay is divided by it, so the decay per step stays the same).
         no_decay_norm_bias: no weight decay on normalisation parameters and biases.
+        predict_with_tta: ``predict`` averages the class probabilities of each image and its mirror
+            image; an inference choice, so it is not saved with the checkpoint's hyperparameters.
     """
 
     def __init__(
@@ -64,9 +67,11 @@ class ImageClassifier(L.LightningModule):
         compile_mode: str | None = None,
         norm_lr_scale: float = 1.0,
         no_decay_norm_bias: bool = False,
+        predict_with_tta: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "predict_with_tta"])
+        self.predict_with_tta = predict_with_tta
         self.backbone = create(backbone, num_classes=num_classes, **(backbone_kwargs or {}))
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
@@ -130,7 +135,10 @@ class ImageClassifier(L.LightningModule):
         self.test_per_class.reset()
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self.predict_logits(batch[0]).softmax(dim=1)
+        images = batch[0]
+        if self.predict_with_tta and self.hparams.tta == "none":  # mirror views for this prediction only
+            return torch.stack([self(view).softmax(dim=1) for view in (images, images.flip(-1))]).mean(dim=0)
+        return self.predict_logits(images).softmax(dim=1)
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams

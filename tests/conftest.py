@@ -8,11 +8,13 @@ import hashlib
 import pickle
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 from torchvision.datasets import CIFAR10
 
 from cifar_lab.data.datamodule import CIFAR10DataModule
+from cifar_lab.module import ImageClassifier
 
 CLASSES = CIFAR10DataModule.classes
 TRAIN_PER_BATCH = 40  # 5 batch files -> 200 training images
@@ -79,3 +81,16 @@ def npz_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("npz")
     write_npz(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def checkpoint(npz_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A simple_cnn checkpoint after two training steps on the tiny data (hyperparameters included)."""
+    L.seed_everything(0)
+    datamodule = CIFAR10DataModule(str(npz_dir), download=False, batch_size=32, num_workers=0, val_size=50)
+    trainer = L.Trainer(accelerator="cpu", max_steps=2, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(ImageClassifier("simple_cnn", class_names=CLASSES), datamodule)
+    path = tmp_path_factory.mktemp("checkpoint") / "simple_cnn.ckpt"
+    trainer.save_checkpoint(path)
+    return path

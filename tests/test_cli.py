@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cifar_lab.cli import build_cli
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 TINY_DATA = ["--data.val_size", "50", "--data.batch_size", "32", "--data.num_workers", "0"]
@@ -15,11 +17,12 @@ SMOKE = ["--config", str(CONFIGS / "simple_cnn.yaml"), "--config", str(CONFIGS /
          "--config", str(CONFIGS / "trainer/smoke.yaml"), *TINY_DATA]
 
 
-def cifar_lab(*args: str, cwd: Path, data_dir: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+def cifar_lab(*args: str, cwd: Path, data_dir: Path, env: dict | None = None,
+              module: str = "cifar_lab") -> subprocess.CompletedProcess:
     # PYTHONPATH: run the code of this checkout, whatever copy of cifar_lab is installed.
     pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     environ = {**os.environ, "CIFAR_LAB_DATA": str(data_dir), "PYTHONPATH": pythonpath, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "cifar_lab", *args], cwd=cwd, env=environ, capture_output=True,
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=environ, capture_output=True,
                           text=True, timeout=300)
 
 
@@ -87,3 +90,30 @@ def test_debug_variable_shows_the_traceback(npz_dir: Path, tmp_path: Path) -> No
                        env={"CIFAR_LAB_DEBUG": "1"})
     assert result.returncode != 0
     assert "Traceback" in result.stderr and "UnknownBackboneError" in result.stderr
+
+
+def test_models_command_prints_parameters_and_mflops(tmp_path: Path) -> None:
+    result = cifar_lab("models", "simple_cnn", "resnet18", cwd=tmp_path, data_dir=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    header, rule, *rows = result.stdout.splitlines()
+    assert header.split() == ["|", "backbone", "|", "parameters", "|", "MFLOPs", "|"]
+    # simple_cnn: 10,848,768 multiply-adds (see test_models), ResNet-18: 555.4 million
+    assert rows[0].split() == ["|", "`simple_cnn`", "|", "620,362", "|", "21.7", "|"]
+    assert rows[1].split() == ["|", "`resnet18`", "|", "11,173,962", "|", "1,110.8", "|"]
+
+
+def test_python_m_cifar_lab_models_suggests_the_closest_name(tmp_path: Path) -> None:
+    result = cifar_lab("resnet19", cwd=tmp_path, data_dir=tmp_path, module="cifar_lab.models")
+    line = _one_line_error(result)
+    assert "unknown backbone 'resnet19' (did you mean 'resnet18'?)" in line and "vgg16" in line
+
+
+def test_fit_help_is_lightning_clis_and_the_top_level_help_names_the_models_command(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(sys, "argv", ["cifar-lab"])
+    with pytest.raises(SystemExit):
+        build_cli(["--help"])
+    assert "also: 'cifar-lab models' lists the backbones" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        build_cli(["fit", "--help"])
+    assert "--model.backbone" in capsys.readouterr().out

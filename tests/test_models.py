@@ -1,38 +1,224 @@
+import warnings
+from pathlib import Path
+
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import SqueezeExcitation
 
-from cifar_lab.errors import UnknownBackboneError
-from cifar_lab.models import available, create
+from cifar_lab.errors import ConfigError, UnknownBackboneError, WeightsNotFoundError
+from cifar_lab.models import available, create, summary
+from cifar_lab.models.torchvision import replace_stem
 
 
-def count_parameters(model: torch.nn.Module) -> int:
+def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize(("name", "parameters"), [("simple_cnn", 620_362), ("resnet18", 11_173_962)])
+# Parameters for 10 classes, counted by hand from each design (BatchNorm: 2 per channel; conv
+# biases only where the design has them). Block sums follow the stage layouts in the docstrings.
+PARAMETERS = {
+    # convs 864 + 18,432 + 73,728 and their biases 224; FC 2048*256+256 and 256*10+10
+    "simple_cnn": 620_362,
+    # the same without the 224 conv biases, plus BN 2*(32+64+128) = 448
+    "simple_cnn_bn": 620_586,
+    # 3x3 convs with bias + BN per width; Linear(512, 10) = 5,130
+    "vgg11": 9_231_114,
+    "vgg13": 9_416_010,
+    "vgg16": 14_728_266,
+    "vgg19": 20_040_522,
+    # stem 1,728 + 128; BasicBlocks [2,2,2,2] / [3,4,6,3]; Bottlenecks [3,4,6,3] / [3,4,23,3];
+    # 1x1 conv + BN projections at each stage entry; FC 512*expansion*10 + 10
+    "resnet18": 11_173_962,
+    "resnet34": 21_282_122,
+    "resnet50": 23_520_842,
+    "resnet101": 42_512_970,
+    # ResNet-18 without the stem BN (-128) and projection BNs (-2*(128+256+512) = -1,792), with
+    # the final BN of 512 (+1,024); each block's first BN normalises its input, which has 64/128/256
+    # instead of 128/256/512 channels in the first block of stages 2-4 (-2*(64+128+256) = -896)
+    "preact_resnet18": 11_172_170,
+    # ResNet-18 + SE per block, C*C/16*2 + C/16 + C: 2*(580 + 2,184 + 8,464 + 33,312) = 89,080
+    "se_resnet18": 11_263_042,
+    # ConvBlock 3->32 (928); per stage a ConvBlock to the width and one BasicBlock:
+    # 9,280+18,560 / 18,560+73,984 / 73,984+295,424 / 295,424+1,180,672; FC 2,570
+    "resnet_stages": 1_969_386,
+    # stem 3->32, 17 inverted residual blocks (expand 1x1, depthwise 3x3, project 1x1, each + BN),
+    # 1x1 320->1280 + BN, FC 12,810
+    "mobilenet_v2": 2_236_682,
+    # 12 MBConv blocks with SE squeezing to a quarter of the block input, SiLU; same stem and head
+    "mbconv_net": 2_532_982,
+    # growth 32, blocks 6/12/24/16, bottleneck 128, compression 0.5: 1,024 channels to the FC
+    "densenet121": 6_956_298,
+    # growth 12, blocks 16/16/16: 342 channels to the FC (Huang et al.: 0.8M)
+    "densenet_bc_100": 769_162,
+    # prep 1,856; stage 1 73,984 + residual 295,424; stage 2 295,424; stage 3 1,180,672 +
+    # residual 4,720,640; bias-free FC 5,120
+    "fast_resnet9": 6_573_120,
+}
+
+
+def test_every_registered_backbone_has_a_reference_count() -> None:
+    assert sorted(PARAMETERS) == available()
+
+
+@pytest.mark.parametrize(("name", "parameters"), sorted(PARAMETERS.items()))
 def test_parameter_counts_match_the_reference_architectures(name: str, parameters: int) -> None:
     assert count_parameters(create(name, num_classes=10)) == parameters
 
 
-@pytest.mark.parametrize("name", available())
-@pytest.mark.parametrize("num_classes", [10, 100])
-def test_every_backbone_maps_cifar_images_to_class_logits(name: str, num_classes: int) -> None:
-    model = create(name, num_classes=num_classes).eval()
+# The largest nets; `pytest -m "not big"` leaves them out while iterating.
+BIG = {"densenet121", "resnet34", "resnet50", "resnet101", "vgg19"}
+BACKBONES = [pytest.param(name, marks=pytest.mark.big) if name in BIG else name for name in available()]
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_every_backbone_gives_logits_and_finite_gradients_for_every_parameter(name: str) -> None:
+    torch.manual_seed(0)
+    model = create(name, num_classes=10)
+    images = torch.randn(2, 3, 32, 32)
+    logits = model.train()(images)
+    assert logits.shape == (2, 10)
+    F.cross_entropy(logits, torch.tensor([3, 7])).backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
     with torch.no_grad():
-        assert model(torch.randn(2, 3, 32, 32)).shape == (2, num_classes)
+        assert model.eval()(images).shape == (2, 10)
 
 
-def test_unknown_backbone_lists_the_registered_names() -> None:
+@pytest.mark.parametrize("name", BACKBONES)
+def test_every_backbone_builds_for_100_classes(name: str) -> None:
+    model = create(name, num_classes=100)
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert model.train()(images).shape == (2, 100)
+        assert model.eval()(images).shape == (2, 100)
+
+
+@pytest.mark.parametrize(("name", "block"), [("resnet18", "layer2.1"), ("resnet50", "layer3.1"),
+                                             ("preact_resnet18", "layer1.1"), ("se_resnet18", "layer4.1")])
+def test_zero_init_residual_makes_every_identity_block_start_as_the_identity(name: str, block: str) -> None:
+    model = create(name, zero_init_residual=True).eval()
+    module = model.get_submodule(block)
+    channels = next(m for m in module.modules() if isinstance(m, nn.Conv2d)).in_channels
+    x = torch.rand(2, channels, 8, 8)  # non-negative, as after a ReLU
+    with torch.no_grad():
+        assert torch.equal(module(x), x)
+        assert not torch.equal(create(name).eval().get_submodule(block)(x), x)
+
+
+def test_se_resnet_and_mbconv_net_share_the_squeeze_excitation_module() -> None:
+    for name, count in [("se_resnet18", 8), ("mbconv_net", 12)]:
+        assert sum(isinstance(m, SqueezeExcitation) for m in create(name).modules()) == count
+
+
+def test_unknown_backbone_lists_the_registered_names_and_suggests_the_closest() -> None:
     with pytest.raises(UnknownBackboneError) as err:
         create("resnet19")
-    assert "'resnet19'" in str(err.value)
+    assert "'resnet19' (did you mean 'resnet18'?)" in str(err.value)
     assert all(name in str(err.value) for name in available())
+    assert "'torchvision:<name>'" in str(err.value)
+    with pytest.raises(UnknownBackboneError, match="did you mean 'mobilenet_v2'"):
+        create("mobilenetv2")
+
+
+def test_an_option_the_backbone_does_not_take_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="backbone 'vgg16' does not take this option .*'zero_init_residual'"):
+        create("vgg16", zero_init_residual=True)
 
 
 def test_dotted_path_builds_the_users_own_network() -> None:
     model = create("torchvision.models:resnet18", num_classes=7).eval()
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 7)
+    assert model.conv1.kernel_size == (7, 7)  # the plain function: no family options, ImageNet stem
     with pytest.raises(UnknownBackboneError, match="cannot import module 'no_such_pkg.nets'"):
         create("no_such_pkg.nets:net")
     with pytest.raises(UnknownBackboneError, match="has no callable 'nope'"):
         create("torchvision.models:nope")
+
+
+def test_torchvision_resnet18_with_cifar_stem_is_the_cifar_resnet18() -> None:
+    plain = create("torchvision:resnet18")
+    assert plain.conv1.kernel_size == (7, 7) and isinstance(plain.maxpool, nn.MaxPool2d)
+    model = create("torchvision:resnet18", cifar_stem=True)
+    assert (model.conv1.kernel_size, model.conv1.stride) == ((3, 3), (1, 1))
+    assert isinstance(model.maxpool, nn.Identity)
+    ours, theirs = summary.summarize("resnet18"), summary.summarize("torchvision:resnet18", cifar_stem=True)
+    assert theirs.parameters == ours.parameters == 11_173_962
+    assert theirs.mflops == ours.mflops
+
+
+def test_cifar_stem_fits_other_torchvision_families() -> None:
+    model = create("torchvision:shufflenet_v2_x0_5", num_classes=100, cifar_stem=True).eval()
+    assert model.conv1[0].stride == (1, 1) and isinstance(model.maxpool, nn.Identity)
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 100)
+    model = create("torchvision:mobilenet_v3_small", cifar_stem=True)
+    assert model.features[0][0].stride == (1, 1)
+    assert not any(isinstance(m, nn.Identity) for m in model.modules())  # no max-pool to drop
+
+
+def test_cifar_stem_refuses_a_network_without_a_downsampling_stem() -> None:
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3))
+    with pytest.raises(ConfigError, match="leave out cifar_stem"):
+        replace_stem(net, "vgg11")
+
+
+def test_unknown_torchvision_model_suggests_the_closest() -> None:
+    with pytest.raises(UnknownBackboneError, match="unknown torchvision model 'resnet181' .did you mean 'resnet18'"):
+        create("torchvision:resnet181")
+
+
+def test_local_weights_load_and_a_resized_head_keeps_its_fresh_init(tmp_path: Path) -> None:
+    source = create("torchvision:resnet18", cifar_stem=True)
+    path = tmp_path / "resnet18.pth"
+    torch.save(source.state_dict(), path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same = create("torchvision:resnet18", cifar_stem=True, weights=str(path))
+    assert all(torch.equal(a, b) for a, b in zip(same.state_dict().values(), source.state_dict().values()))
+    with pytest.warns(UserWarning, match="fc.weight, fc.bias; these keep their fresh initialisation"):
+        resized = create("torchvision:resnet18", num_classes=100, cifar_stem=True, weights=str(path))
+    assert torch.equal(resized.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
+    assert resized.fc.out_features == 100
+
+
+def test_weights_that_do_not_fit_or_do_not_exist_are_clear_errors(tmp_path: Path) -> None:
+    path = tmp_path / "resnet18.pth"
+    torch.save(create("torchvision:resnet18").state_dict(), path)
+    with pytest.raises(ConfigError, match="does not match torchvision:resnet34: missing"):
+        create("torchvision:resnet34", weights=str(path))
+    missing = tmp_path / "nowhere.pth"
+    with pytest.raises(WeightsNotFoundError, match=f"weights file {missing} .*does not exist.*never downloaded"):
+        create("torchvision:resnet18", weights=str(missing))
+
+
+def test_summary_counts_flops_of_one_image() -> None:
+    # simple_cnn multiply-adds: 32*32*32*27 + 16*16*64*288 + 8*8*128*576 + 2048*256 + 256*10 = 10,848,768
+    assert summary.summarize("simple_cnn") == summary.BackboneSummary("simple_cnn", 620_362, 2 * 10_848_768 / 1e6)
+
+
+def test_models_table_is_markdown_with_thousands_separators() -> None:
+    rows = [summary.BackboneSummary("a", 1_234_567, 8.26), summary.BackboneSummary("long_name", 12, 1234.56)]
+    assert summary.format_table(rows) == (
+        "| backbone    | parameters | MFLOPs  |\n"
+        "| ---         | ---:       | ---:    |\n"
+        "| `a`         | 1,234,567  | 8.3     |\n"
+        "| `long_name` | 12         | 1,234.6 |"
+    )
+
+
+def test_models_command_lists_every_registered_backbone_by_default(monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(summary, "summarize", lambda name, num_classes: summary.BackboneSummary(name, 1, 1.0))
+    summary.main([])
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert [row.split("`")[1] for row in rows] == available()
+
+
+def test_models_command_passes_backbone_kwargs_and_rejects_a_non_mapping(capsys: pytest.CaptureFixture[str]) -> None:
+    summary.main(["torchvision:resnet18", "--backbone_kwargs", "{cifar_stem: true}", "--num_classes", "100"])
+    row = capsys.readouterr().out.splitlines()[2]
+    assert row.split() == ["|", "`torchvision:resnet18`", "|", f"{11_173_962 + 90 * 513:,}", "|", "1,110.9", "|"]
+    with pytest.raises(ConfigError, match="--backbone_kwargs must be a mapping"):
+        summary.main(["resnet18", "--backbone_kwargs", "cifar_stem"])

@@ -14,6 +14,7 @@ from torchvision.transforms import v2
 from cifar_lab.data import sources
 from cifar_lab.data.augment import build_transform
 from cifar_lab.data.device_loader import NO_AUGMENT, BatchAugment, DeviceLoader
+from cifar_lab.data.image_files import load_images
 from cifar_lab.errors import ConfigError
 
 DATA_DIR_ENV = "CIFAR_LAB_DATA"
@@ -60,6 +61,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         eval_batch_size: batch size for val/test/predict; null means ``batch_size``.
         drop_last: drop the last incomplete training batch.
         channels_last, dtype: memory format and dtype of the device loader's image batches.
+        predict_path: PNG/JPEG file, folder or glob for ``predict``; null predicts the test split.
     """
 
     num_classes = 10
@@ -81,6 +83,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         drop_last: bool = False,
         channels_last: bool = False,
         dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        predict_path: str | None = None,
     ) -> None:
         super().__init__()
         if val_size < 0:
@@ -98,9 +101,15 @@ class CIFAR10DataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         # Runs on one process per node: the only place that downloads or writes the cache.
+        if self.hparams.predict_path is not None and self.trainer is not None and self.trainer.predicting:
+            return  # image files need no CIFAR-10 on disk
         sources.prepare(self.data_dir, self.hparams.download)
 
     def setup(self, stage: str) -> None:
+        if stage == "predict" and self.hparams.predict_path is not None:
+            images, self.image_paths = load_images(self.hparams.predict_path)
+            self.datasets["predict"] = ImageArrayDataset(images, torch.arange(len(images)), self.eval_transform)
+            return
         if self.datasets:
             return
         arrays = sources.load_arrays(sources.prepare(self.data_dir, download=False))
@@ -170,4 +179,10 @@ class CIFAR10DataModule(L.LightningDataModule):
         return self._loader("test", train=False)
 
     def predict_dataloader(self) -> DataLoader | DeviceLoader:
-        return self._loader("test", train=False)
+        return self._loader("predict" if "predict" in self.datasets else "test", train=False)
+
+    def predict_names(self) -> list[str]:
+        """What each predicted item is: its image file, or ``test[i]`` for the test split."""
+        if "predict" in self.datasets:
+            return self.image_paths
+        return [f"test[{index}]" for index in range(len(self.datasets["test"]))]

@@ -1,6 +1,17 @@
 """Backbone registry; importing this package registers every built-in backbone."""
 
-from cifar_lab.models import airbench, resnet, simple  # noqa: F401  (registers the backbones)
-from cifar_lab.models.registry import available, create, register
+from cifar_lab.models import (  # noqa: F401  (registers the backbones)
+    airbench,
+    densenet,
+    fast,
+    mobilenet,
+    pretrained,
+    resnet,
+    senet,
+    simple,
+    torchvision,
+    vgg,
+)
+from cifar_lab.models.registry import available, create, families, register, register_family
 
-__all__ = ["available", "create", "register"]
+__all__ = ["available", "create", "families", "register", "register_family"]

@@ -1,13 +1,17 @@
-"""The classic small CNN from CNN courses: three Conv3x3-ReLU-MaxPool blocks and an MLP head."""
+"""The classic small CNN from CNN courses: three Conv3x3-ReLU-MaxPool blocks and an MLP head,
+optionally with BatchNorm after every convolution."""
 
 from torch import nn
 
 from cifar_lab.models.registry import register
 
 
-def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+def conv_block(in_channels: int, out_channels: int, batch_norm: bool = False) -> nn.Sequential:
+    """Conv3x3 (no bias before BatchNorm, which would cancel it) [-BN] -ReLU-MaxPool."""
+    norm = [nn.BatchNorm2d(out_channels)] if batch_norm else []
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=not batch_norm),
+        *norm,
         nn.ReLU(inplace=True),
         nn.MaxPool2d(2),
     )
@@ -17,10 +21,10 @@ class SimpleCNN(nn.Module):
     """32x32 -> 4x4 after three poolings; 620,362 parameters for 10 classes with the defaults."""
 
     def __init__(self, num_classes: int = 10, widths: tuple[int, ...] = (32, 64, 128), hidden: int = 256,
-                 dropout: float = 0.5) -> None:
+                 dropout: float = 0.5, batch_norm: bool = False) -> None:
         super().__init__()
         channels = (3, *widths)
-        self.features = nn.Sequential(*(conv_block(i, o) for i, o in zip(channels, channels[1:])))
+        self.features = nn.Sequential(*(conv_block(i, o, batch_norm) for i, o in zip(channels, channels[1:])))
         side = 32 // 2 ** len(widths)
         self.classifier = nn.Sequential(
             nn.Flatten(),
@@ -37,3 +41,8 @@ class SimpleCNN(nn.Module):
 @register("simple_cnn")
 def simple_cnn(num_classes: int = 10, **kwargs) -> SimpleCNN:
     return SimpleCNN(num_classes=num_classes, **kwargs)
+
+
+@register("simple_cnn_bn")
+def simple_cnn_bn(num_classes: int = 10, **kwargs) -> SimpleCNN:
+    return SimpleCNN(num_classes=num_classes, batch_norm=True, **kwargs)

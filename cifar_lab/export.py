@@ -1,0 +1,245 @@
+"""``cifar-lab export``: a trained checkpoint as a self-contained ONNX or TorchScript model.
+
+The exported model takes ``[N, 3, 32, 32]`` float RGB in ``[0, 1]`` (any N) and returns class
+logits; CIFAR-10 normalisation is inside it. After writing, the file is loaded back (onnxruntime or
+``torch.jit.load``) and its outputs are compared with the PyTorch model's on random images and on
+CIFAR-10 test images. ``--quantize`` adds an int8 copy of the ONNX model made with onnxruntime's
+quantizer and compares accuracy and latency before and after.
+
+    cifar-lab export --ckpt_path runs/simple_cnn/version_0/checkpoints/last.ckpt --format onnx --out model.onnx
+"""
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from jsonargparse import auto_cli
+from torch import Tensor, nn
+
+from cifar_lab.data import sources
+from cifar_lab.data.augment import CIFAR10_MEAN, CIFAR10_STD
+from cifar_lab.data.datamodule import default_data_dir
+from cifar_lab.errors import CifarLabError, ConfigError, ModelFileError
+from cifar_lab.module import ImageClassifier
+
+TOLERANCE = 1e-4
+NEEDS_EXTRA = "ONNX export needs onnxscript and onnxruntime: pip install 'cifar-lab[export]'"
+Runner = Callable[[np.ndarray], np.ndarray]  # float32 [N,3,32,32] in [0,1] -> logits [N,classes]
+
+
+class ExportMismatchError(CifarLabError):
+    """The exported model's outputs differ from the PyTorch model's."""
+
+
+class Normalized(nn.Module):
+    """``net`` behind CIFAR-10 normalisation, so callers feed plain ``[0, 1]`` RGB."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(CIFAR10_STD).view(1, 3, 1, 1))
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.net((images - self.mean) / self.std)
+
+
+def load_classifier(ckpt_path: str) -> ImageClassifier:
+    """The checkpoint's model in eval mode on the CPU, loaded without unpickling arbitrary objects."""
+    if not Path(ckpt_path).is_file():
+        raise ModelFileError(
+            f"checkpoint {ckpt_path!r} not found; runs keep theirs in runs/<backbone>/version_N/checkpoints/"
+        )
+    try:
+        model = ImageClassifier.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
+    except (RuntimeError, KeyError, EOFError, OSError) as err:
+        raise ModelFileError(f"{ckpt_path} is not a cifar-lab checkpoint ({err})") from err
+    return model.eval()
+
+
+def export_onnx(model: nn.Module, out: Path) -> None:
+    try:
+        import onnxscript  # noqa: F401  (torch's ONNX exporter builds the graph with it)
+    except ImportError as err:
+        raise ConfigError(NEEDS_EXTRA) from err
+    example = torch.rand(2, 3, 32, 32)
+    batch = torch.export.Dim("batch", min=1)
+    torch.onnx.export(model, (example,), out, input_names=["images"], output_names=["logits"],
+                      dynamic_shapes=({0: batch},), dynamo=True, external_data=False, verbose=False)
+
+
+def export_torchscript(model: nn.Module, out: Path) -> None:
+    torch.jit.trace(model, torch.rand(2, 3, 32, 32)).save(str(out))
+
+
+def onnx_runner(path: Path) -> Runner:
+    try:
+        import onnxruntime
+    except ImportError as err:
+        raise ConfigError(NEEDS_EXTRA) from err
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()  # the same CPU share as PyTorch gets
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return lambda images: session.run(None, {"images": images})[0]
+
+
+def torchscript_runner(path: Path) -> Runner:
+    scripted = torch.jit.load(str(path), map_location="cpu").eval()
+
+    def run(images: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return scripted(torch.from_numpy(images)).numpy()
+
+    return run
+
+
+def torch_runner(model: nn.Module) -> Runner:
+    def run(images: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(images)).numpy()
+
+    return run
+
+
+EXPORTERS = {"onnx": (export_onnx, onnx_runner), "torchscript": (export_torchscript, torchscript_runner)}
+
+
+def max_difference(reference: Runner, exported: Runner, images: np.ndarray) -> float:
+    return float(np.abs(reference(images) - exported(images)).max())
+
+
+def latency_ms(run: Runner, images: np.ndarray, runs: int) -> float:
+    """Median wall time per image of ``run`` on the batch ``images``, after warm-up calls."""
+    for _ in range(3):
+        run(images)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        run(images)
+        times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times)) / len(images)
+
+
+def accuracy(run: Runner, images: np.ndarray, labels: np.ndarray, batch_size: int = 500) -> float:
+    predicted = np.concatenate([run(images[i : i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)])
+    return float((predicted == labels).mean())
+
+
+def as_model_input(images: np.ndarray) -> np.ndarray:
+    """uint8 ``[N, 32, 32, 3]`` -> float32 ``[N, 3, 32, 32]`` in ``[0, 1]``."""
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / 255
+
+
+def quantize_onnx(fp32: Path, out: Path, mode: Literal["dynamic", "static"], calibration: np.ndarray) -> None:
+    """int8 weights (``dynamic``) or int8 weights and activations calibrated on images (``static``)."""
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Calibration(CalibrationDataReader):
+        def __init__(self, images: np.ndarray, batch_size: int = 32) -> None:
+            self.batches = iter(np.array_split(images, max(1, len(images) // batch_size)))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self.batches, None)
+            return None if batch is None else {"images": batch}
+
+    prepared = out.with_suffix(".prep.onnx")
+    quant_pre_process(str(fp32), str(prepared))
+    try:
+        if mode == "dynamic":
+            quantize_dynamic(prepared, out, weight_type=QuantType.QInt8)
+        else:
+            quantize_static(prepared, out, Calibration(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    finally:
+        prepared.unlink(missing_ok=True)
+
+
+def export(
+    ckpt_path: str,
+    out: str,
+    format: Literal["onnx", "torchscript"] = "onnx",  # noqa: A002  (the option is --format)
+    quantize: Literal["none", "dynamic", "static"] = "none",
+    data_dir: str | None = None,
+    eval_images: int = 10000,
+    calibration_images: int = 512,
+    timing_runs: int = 100,
+    threads: int = 1,
+) -> None:
+    """Export a checkpoint and check the exported model against PyTorch.
+
+    Args:
+        ckpt_path: checkpoint written by ``cifar-lab fit``.
+        out: the file to write (``.onnx`` or ``.pt``).
+        format: ``onnx`` (run with onnxruntime) or ``torchscript`` (``torch.jit.load``).
+        quantize: also write ``<out>.int8.onnx`` with int8 weights (``dynamic``) or int8 weights and
+            activations calibrated on training images (``static``); ONNX only.
+        data_dir: CIFAR-10 folder for the real-image check, calibration and accuracy; null means
+            ``$CIFAR_LAB_DATA`` or ``./data``.
+        eval_images: test images for the accuracy comparison of ``--quantize``.
+        calibration_images: training images that calibrate ``--quantize static``.
+        timing_runs: timed calls behind each latency figure (their median).
+        threads: CPU threads for PyTorch and onnxruntime; 1 gives per-core latencies that stay
+            comparable on a machine busy with other work.
+    """
+    if quantize != "none" and format != "onnx":
+        raise ConfigError("--quantize works on the ONNX model: add --format onnx")
+    torch.set_num_threads(threads)
+    arrays = sources.load_arrays(sources.prepare(Path(data_dir or default_data_dir()).expanduser(), download=False))
+    test_images = as_model_input(arrays.test_images[:eval_images])
+    test_labels = arrays.test_labels[:eval_images]
+
+    model = Normalized(load_classifier(ckpt_path).backbone).eval()
+    reference = torch_runner(model)
+    target = Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write, load = EXPORTERS[format]
+    write(model, target)
+    exported = load(target)
+
+    checks = {
+        "random": np.random.default_rng(0).random((7, 3, 32, 32), dtype=np.float32),
+        "cifar10-test": test_images[:256],
+    }
+    for name, images in checks.items():
+        difference = max_difference(reference, exported, images)
+        print(f"max |logit difference| vs PyTorch on {len(images)} {name} images: {difference:.2e}")
+        if difference > TOLERANCE:
+            raise ExportMismatchError(f"{target}: outputs differ from PyTorch by {difference:.2e} (> {TOLERANCE})")
+
+    rows = [("pytorch", reference, None), (format, exported, target)]
+    if quantize != "none":
+        quantized = target.with_suffix(".int8.onnx")
+        calibration = as_model_input(arrays.train_images[:calibration_images])
+        quantize_onnx(target, quantized, quantize, calibration)
+        rows.append((f"onnx int8 {quantize}", onnx_runner(quantized), quantized))
+    print_report(rows, test_images, test_labels, with_accuracy=quantize != "none", timing_runs=timing_runs)
+
+
+def print_report(rows: list[tuple[str, Runner, Path | None]], images: np.ndarray, labels: np.ndarray,
+                 with_accuracy: bool, timing_runs: int) -> None:
+    """Size, per-image CPU latency at batch 1 and 64, and (for quantisation) test accuracy."""
+    print(f"CPU latency per image, median of {timing_runs} calls, {torch.get_num_threads()} thread(s):")
+    header = f"{'model':<20} {'file MB':>8} {'ms/img b=1':>11} {'ms/img b=64':>12}"
+    print(header + (f" {'accuracy':>9}" if with_accuracy else ""))
+    for name, run, path in rows:
+        size = f"{path.stat().st_size / 2**20:8.2f}" if path else f"{'-':>8}"
+        line = f"{name:<20} {size} {latency_ms(run, images[:1], timing_runs):11.3f} "
+        line += f"{latency_ms(run, images[:64], timing_runs):12.3f}"
+        if with_accuracy:
+            line += f" {accuracy(run, images, labels):9.4f}"
+        print(line)
+    if with_accuracy:
+        print(f"(accuracy on the first {len(labels)} CIFAR-10 test images)")
+
+
+def main(args: list[str] | None = None) -> None:
+    auto_cli(export, args=args, as_positional=False, prog="cifar-lab export")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Every recipe in configs/ parses and trains one batch on tiny data; every add-on composes with a recipe.
+
+In-process through ``build_cli`` (the CLI ``cifar-lab`` runs), which is several times faster than
+a subprocess per config; ``test_cli.py`` covers the console entry point itself.
+"""
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cifar_lab.cli import build_cli
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+RECIPES = sorted(path for path in CONFIGS.glob("*.yaml") if "model" in yaml.safe_load(path.read_text()))
+ADD_ONS = sorted(path for path in CONFIGS.rglob("*.yaml") if path not in RECIPES)
+BIG = {"densenet121.yaml"}
+
+
+@pytest.fixture(autouse=True)
+def cli_argv(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LightningCLI gets its arguments from ``args``; pytest's own command line is not for it."""
+    monkeypatch.setattr(sys, "argv", ["cifar-lab"])
+
+
+def config_id(path: Path) -> str:
+    return str(path.relative_to(CONFIGS))
+
+
+def params(paths: list[Path]) -> list[Any]:
+    return [pytest.param(path, id=config_id(path), marks=[pytest.mark.big] if path.name in BIG else []) for path in paths]
+
+
+def contains(printed: Any, expected: Any) -> bool:
+    """Whether every value the config file sets appears in the resolved config (which adds defaults)."""
+    if isinstance(expected, dict):
+        return isinstance(printed, dict) and all(key in printed and contains(printed[key], value)
+                                                 for key, value in expected.items())
+    if isinstance(expected, list):
+        return isinstance(printed, list) and len(printed) == len(expected) and all(map(contains, printed, expected))
+    return printed == expected
+
+
+def print_config(*configs: Path, capsys: pytest.CaptureFixture[str]) -> dict:
+    args = ["fit", *(arg for config in configs for arg in ("--config", str(config))), "--print_config"]
+    with pytest.raises(SystemExit) as exit_info:
+        build_cli(args)
+    assert exit_info.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_there_is_a_recipe_for_every_family_and_the_add_ons_are_found() -> None:
+    assert len(RECIPES) >= 9
+    assert {config_id(path) for path in ADD_ONS} >= {"early_stopping.yaml", "trainer/cpu.yaml", "trainer/smoke.yaml"}
+
+
+@pytest.mark.parametrize("recipe", params(RECIPES))
+def test_recipe_parses_with_print_config(recipe: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert contains(print_config(recipe, capsys=capsys), yaml.safe_load(recipe.read_text()))
+
+
+@pytest.mark.parametrize("add_on", params(ADD_ONS))
+def test_add_on_composes_with_a_recipe(add_on: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    printed = print_config(CONFIGS / "simple_cnn.yaml", add_on, capsys=capsys)
+    assert contains(printed, yaml.safe_load(add_on.read_text()))
+    assert printed["model"]["backbone"] == "simple_cnn"
+
+
+@pytest.mark.parametrize("recipe", params(RECIPES))
+def test_recipe_trains_one_batch_on_tiny_data(recipe: Path, npz_dir: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cli = build_cli(["fit", "--config", str(recipe), "--config", str(CONFIGS / "trainer/cpu.yaml"),
+                     "--trainer.fast_dev_run", "1", "--data.data_dir", str(npz_dir), "--data.batch_size", "4",
+                     "--data.num_workers", "0", "--data.val_size", "50"])
+    assert cli.trainer.state.finished
+    assert cli.trainer.global_step == 1
+    assert cli.model.hparams.backbone == yaml.safe_load(recipe.read_text())["model"]["backbone"]
+    assert 0.0 <= float(cli.trainer.callback_metrics["val/acc"]) <= 1.0
