@@ -157,7 +157,7 @@ def bench_overhead(args: argparse.Namespace, device: torch.device) -> dict:
 
 
 def bench_accuracy(args: argparse.Namespace, device: torch.device) -> dict:
-    """c. The fast config through the CLI: training seconds and test accuracy (with TTA) per seed."""
+    """c. A fast config through the CLI: training seconds and test accuracy (with its TTA) per seed."""
     extra = ["--trainer.accelerator", device.type, "--trainer.devices", "1", "--trainer.logger", "false",
              "--trainer.default_root_dir", args.scratch]  # checkpoints are written, as in any run
     if device.type == "cuda":
@@ -167,7 +167,7 @@ def bench_accuracy(args: argparse.Namespace, device: torch.device) -> dict:
         extra += ["--trainer.max_steps", str(args.quick_steps), "--model.backbone_kwargs", "{widths: [32, 64, 64]}"]
     runs = []
     for seed in [None, *range(args.seeds)]:  # the first run warms up kernels and is not counted
-        cli = build_cli(["--config", str(FAST_CONFIG), "--seed_everything", str(seed or 0), *extra,
+        cli = build_cli(["--config", str(args.config), "--seed_everything", str(seed or 0), *extra,
                          *(["--trainer.max_steps", "20"] if seed is None else [])], run=False)
         cli.datamodule.prepare_data()
         cli.datamodule.setup("fit")  # the array file is read outside the timed part
@@ -184,7 +184,7 @@ def bench_accuracy(args: argparse.Namespace, device: torch.device) -> dict:
         print(f"seed {seed}: {seconds:.2f} s, test acc {metrics['test/acc']:.4f}", flush=True)
     accs = [r["test_acc"] for r in runs]
     return {
-        "config": str(FAST_CONFIG.relative_to(ROOT)) + (" (quick: narrow net, few steps)" if args.quick else ""),
+        "config": str(args.config) + (" (quick: narrow net, few steps)" if args.quick else ""),
         "runs": runs,
         "mean_test_acc": statistics.mean(accs),
         "std_test_acc": statistics.stdev(accs) if len(accs) > 1 else 0.0,
@@ -217,6 +217,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    parser.add_argument("--config", type=Path, default=FAST_CONFIG, help="the accuracy runs' recipe")
     parser.add_argument("--precision", default="bf16-mixed", help="the accuracy run's precision on a GPU")
     parser.add_argument("--fit-args", default="", help="extra CLI arguments for the accuracy runs")
     args = parser.parse_args()

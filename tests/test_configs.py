@@ -14,7 +14,7 @@ import yaml
 from cifar_lab.cli import build_cli
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-RECIPES = sorted(path for path in CONFIGS.glob("*.yaml") if "model" in yaml.safe_load(path.read_text()))
+RECIPES = sorted(path for path in CONFIGS.rglob("*.yaml") if "model" in yaml.safe_load(path.read_text()))
 ADD_ONS = sorted(path for path in CONFIGS.rglob("*.yaml") if path not in RECIPES)
 BIG = {"densenet121.yaml"}
 

@@ -1,0 +1,108 @@
+"""The fast-recipe knobs: patch whitening, test-time augmentation, parameter groups, Lookahead,
+the piecewise-linear schedule and channels_last."""
+
+from functools import partial
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from cifar_lab.callbacks import Lookahead
+from cifar_lab.models import create
+from cifar_lab.module import ImageClassifier
+from cifar_lab.optim import apply_group_scales, parameter_groups
+from cifar_lab.schedules import PiecewiseLinearLR
+
+
+def test_patch_whitening_decorrelates_the_first_layer() -> None:
+    torch.manual_seed(0)
+    net = create("airbench")
+    images = torch.randn(200, 3, 32, 32) * torch.tensor([1.0, 2.0, 0.5]).view(1, 3, 1, 1)
+    images[:, 1] += 0.7 * images[:, 0]  # correlated channels
+    net.init_whitening(images)
+    out = nn.functional.conv2d(images, net.whiten.weight[:12]).permute(0, 2, 3, 1).reshape(-1, 12)
+    covariance = out.T @ out / len(out)
+    torch.testing.assert_close(covariance, torch.eye(12), atol=5e-3, rtol=0)
+    torch.testing.assert_close(net.whiten.weight[12:], -net.whiten.weight[:12])  # each filter and its negative
+
+
+@pytest.mark.parametrize("tta", ["flip", "flip_translate"])
+def test_tta_averages_the_logits_of_the_views(tta: str) -> None:
+    torch.manual_seed(0)
+    model = ImageClassifier("simple_cnn", tta=tta).eval()
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        expected = (model(images) + model(images.flip(-1))) / 2
+        if tta == "flip_translate":
+            padded = nn.functional.pad(images, (1, 1, 1, 1), mode="reflect")
+            views = [padded[:, :, :32, :32], padded[:, :, 2:, 2:]]
+            translated = torch.stack([(model(v) + model(v.flip(-1))) / 2 for v in views]).mean(0)
+            expected = (expected + translated) / 2
+        torch.testing.assert_close(model.predict_logits(images), expected)
+
+
+def test_parameter_groups_scale_norm_lr_and_drop_decay() -> None:
+    net = create("simple_cnn_bn")
+    groups = {g["name"]: g for g in parameter_groups(net, norm_lr_scale=4.0)}
+    assert set(groups) == {"norm", "bias", "weight"}
+    norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(groups["norm"]["params"]) == 2 * len(norms)
+    optimizer = torch.optim.SGD(list(groups.values()), lr=0.1, weight_decay=1e-3)
+    apply_group_scales(optimizer)
+    by_name = {g["name"]: g for g in optimizer.param_groups}
+    assert by_name["norm"]["lr"] == pytest.approx(0.4) and by_name["norm"]["weight_decay"] == pytest.approx(2.5e-4)
+    assert by_name["weight"]["lr"] == pytest.approx(0.1) and by_name["weight"]["weight_decay"] == pytest.approx(1e-3)
+    no_decay = {g["name"]: g for g in parameter_groups(net, no_decay_norm_bias=True)}
+    assert no_decay["norm"]["weight_decay_scale"] == no_decay["bias"]["weight_decay_scale"] == 0.0
+
+
+def test_module_builds_its_optimizer_from_the_groups() -> None:
+    model = ImageClassifier("simple_cnn_bn", optimizer=partial(torch.optim.SGD, lr=0.1, weight_decay=1e-3),
+                            norm_lr_scale=8.0)
+    model.trainer = SimpleNamespace(max_epochs=1)  # read only when there is a schedule
+    optimizer = model.configure_optimizers()
+    lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
+    assert lrs == pytest.approx({"norm": 0.8, "bias": 0.1, "weight": 0.1})
+
+
+def test_lookahead_pulls_weights_towards_the_slow_copy() -> None:
+    module = nn.Linear(2, 1, bias=False)
+    callback = Lookahead(every_n_steps=2, decay=0.5, decay_power=0.0)
+    trainer = SimpleNamespace(global_step=2, current_epoch=0, estimated_stepping_batches=10)
+    with torch.no_grad():
+        module.weight.fill_(1.0)
+    callback.on_train_batch_end(trainer, module)  # first call: the slow copy starts here
+    with torch.no_grad():
+        module.weight.fill_(3.0)
+    trainer.global_step = 3
+    callback.on_train_batch_end(trainer, module)  # not a multiple of every_n_steps: nothing happens
+    assert module.weight.eq(3.0).all()
+    trainer.global_step = 4
+    callback.on_train_batch_end(trainer, module)
+    assert module.weight.eq(2.0).all() and callback.slow["weight"].eq(2.0).all()  # 0.5 * 1 + 0.5 * 3
+
+
+def test_piecewise_linear_schedule_interpolates_between_milestones() -> None:
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    schedule = PiecewiseLinearLR(optimizer, milestones=[0.0, 0.25, 1.0], factors=[0.2, 1.0, 0.1], total_steps=100)
+    lrs = []
+    for _ in range(101):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert lrs[0] == pytest.approx(0.2) and lrs[25] == pytest.approx(1.0) and lrs[100] == pytest.approx(0.1)
+    assert lrs[10] == pytest.approx(0.2 + 0.8 * 10 / 25) and lrs[50] == pytest.approx(1.0 - 0.9 * 25 / 75)
+
+
+def test_channels_last_backbone_gives_the_same_logits() -> None:
+    torch.manual_seed(0)
+    plain = ImageClassifier("airbench").eval()
+    fast = ImageClassifier("airbench", channels_last=True).eval()
+    fast.load_state_dict(plain.state_dict())
+    images = torch.randn(2, 3, 32, 32)
+    assert fast.backbone.head.weight.is_contiguous()
+    conv = next(m for m in fast.backbone.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(images), plain(images), atol=1e-5, rtol=1e-4)
