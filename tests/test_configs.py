@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+import torchvision
 import yaml
 
 from cifar_lab.cli import build_cli
@@ -23,6 +25,14 @@ BIG = {"densenet121.yaml"}
 def cli_argv(monkeypatch: pytest.MonkeyPatch) -> None:
     """LightningCLI gets its arguments from ``args``; pytest's own command line is not for it."""
     monkeypatch.setattr(sys, "argv", ["cifar-lab"])
+
+
+def save_pretrained_weights(backbone_kwargs: dict) -> None:
+    """A recipe that starts from a local weights file gets one saved from a random model (no network)."""
+    if "weights_path" in backbone_kwargs:
+        path = Path(backbone_kwargs["weights_path"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(getattr(torchvision.models, backbone_kwargs["arch"])().state_dict(), path)
 
 
 def config_id(path: Path) -> str:
@@ -72,6 +82,7 @@ def test_add_on_composes_with_a_recipe(add_on: Path, capsys: pytest.CaptureFixtu
 def test_recipe_trains_one_batch_on_tiny_data(recipe: Path, npz_dir: Path, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
+    save_pretrained_weights(yaml.safe_load(recipe.read_text())["model"].get("backbone_kwargs") or {})
     cli = build_cli(["fit", "--config", str(recipe), "--config", str(CONFIGS / "trainer/cpu.yaml"),
                      "--trainer.fast_dev_run", "1", "--data.data_dir", str(npz_dir), "--data.batch_size", "4",
                      "--data.num_workers", "0", "--data.val_size", "50"])

@@ -38,7 +38,7 @@ class RunReport(Callback):
             if "test/acc" in metrics:
                 rows.append(("**all**", f"{float(metrics['test/acc']):.4f}"))
             (folder / PER_CLASS_FILE).write_text(markdown_table(["class", "test accuracy"], rows))
-        if self.curves:
+        if self.curves and tensorboard_loggers(trainer):  # curves come from the TensorBoard event files
             for logger in tensorboard_loggers(trainer):
                 logger.experiment.flush()  # this test's scalars, for the test accuracy bar
             runs_figure([load_run(folder)]).savefig(folder / CURVES_FILE, dpi=80)
