@@ -6,19 +6,26 @@ TensorBoard logger writing ``runs/<backbone>/version_N/`` with the full ``config
 
 import os
 import sys
+import warnings
 
+from jsonargparse import ArgumentError
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
-from cifar_lab.checkpoint_io import AtomicCheckpointIO
+from cifar_lab.callbacks import NonFiniteGuard, RandomStateCheckpoint
+from cifar_lab.checkpoint_io import AtomicCheckpointIO, load_checkpoint_file
 from cifar_lab.data import CIFAR10DataModule
 from cifar_lab.errors import CifarLabError
 from cifar_lab.module import ImageClassifier
+from cifar_lab.resume import RESUME_FLAG, expand_resume
+from cifar_lab.run_checks import check_fit_config, check_precision
 
 DEBUG_ENV = "CIFAR_LAB_DEBUG"
 RUNS_DIR = "runs"
+CKPT_ALIASES = {"last", "best", "hpc"}  # ckpt_path values Lightning resolves itself
 
 
 class CifarLabCLI(LightningCLI):
@@ -35,6 +42,8 @@ class CifarLabCLI(LightningCLI):
             "checkpoint.auto_insert_metric_name": False,
         })
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.add_lightning_class_args(NonFiniteGuard, "non_finite_guard")
+        parser.add_lightning_class_args(RandomStateCheckpoint, "random_state")
         parser.set_defaults({
             "trainer.logger": {
                 "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
@@ -42,9 +51,25 @@ class CifarLabCLI(LightningCLI):
             }
         })
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        """Expand ``--resume RUN_DIR``; refuse an unreadable ``--ckpt_path`` before Lightning reads its hyperparameters."""
+        given = sys.argv[1:] if args is None else args
+        if isinstance(given, list) and RESUME_FLAG in " ".join(given):
+            with warnings.catch_warnings():  # LightningCLI warns when args replace a non-empty sys.argv
+                warnings.filterwarnings("ignore", "LightningCLI's args parameter")
+                super().parse_arguments(parser, expand_resume(given))
+        else:
+            super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and ckpt_path not in CKPT_ALIASES:
+            load_checkpoint_file(ckpt_path)
+
     def before_instantiate_classes(self) -> None:
         """Name the TensorBoard run after the backbone unless the config names it."""
         config = self.config[self.subcommand] if self.subcommand else self.config
+        if self.subcommand == "fit":
+            check_fit_config(config)
         logger = config.trainer.logger
         init_args = getattr(logger, "init_args", None)
         if init_args is not None and "name" in init_args and init_args.name is None:
@@ -53,6 +78,7 @@ class CifarLabCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs) -> Trainer:
         """The Trainer from the config, saving checkpoints atomically unless a plugin chose its own IO."""
         trainer = super().instantiate_trainer(**kwargs)
+        check_precision(trainer, (self.config[self.subcommand] if self.subcommand else self.config).trainer.precision)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
@@ -67,10 +93,12 @@ def main(args: list[str] | None = None) -> None:
             seed_everything_default=True,
             auto_configure_optimizers=False,  # optimizer and schedule live in model: (see ImageClassifier)
             save_config_kwargs={"overwrite": True},
+            # Parse errors end as one line below (not usage + message); a mistyped option is an error, not a prefix.
+            parser_kwargs={"exit_on_error": False, "allow_abbrev": False},
             args=args,
         )
-    except CifarLabError as err:
+    except (CifarLabError, ArgumentError, MisconfigurationException) as err:
         if os.environ.get(DEBUG_ENV) == "1":
             raise
-        print(f"cifar-lab: error: {err}", file=sys.stderr)
+        print(f"cifar-lab: error: {' '.join(str(err).split())}", file=sys.stderr)
         sys.exit(1)

@@ -23,3 +23,15 @@ class UnknownBackboneError(CifarLabError, ValueError):
 
 class ConfigError(CifarLabError, ValueError):
     """A config value is out of range or names an unknown option."""
+
+
+class DownloadError(CifarLabError, OSError):
+    """CIFAR-10 could not be downloaded: the data folder is not writable or the network failed."""
+
+
+class CheckpointError(CifarLabError, ValueError):
+    """A checkpoint file is missing, unreadable, refused by safe loading, or holds another network."""
+
+
+class TrainingDivergedError(CifarLabError, ArithmeticError):
+    """The loss or the weights became NaN or infinite; training on would only spread them."""

@@ -10,6 +10,7 @@ from torch import Tensor
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from cifar_lab.checkpoint_io import check_state_dict_fits
 from cifar_lab.models import create
 from cifar_lab.schedules import build_scheduler
 
@@ -76,7 +77,7 @@ class ImageClassifier(L.LightningModule):
         logits = self(images)
         loss = F.cross_entropy(logits, targets)
         metrics.update(logits, targets)
-        self.log(f"{stage}/loss", loss, prog_bar=True)
+        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True)
         self.log_dict(metrics, prog_bar=True)
         return logits
 
@@ -94,6 +95,16 @@ class ImageClassifier(L.LightningModule):
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self(batch[0]).softmax(dim=1)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint of another backbone or class count is a clear error, not a state_dict size mismatch."""
+        saved = checkpoint.get("hyper_parameters", {})
+        check_state_dict_fits(
+            self,
+            checkpoint["state_dict"],
+            expected=f"backbone {self.hparams.backbone!r} with {self.hparams.num_classes} classes",
+            found=f"backbone {saved.get('backbone', '?')!r} with {saved.get('num_classes', '?')} classes",
+        )
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer(self.parameters())

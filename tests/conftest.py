@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torchvision.datasets import CIFAR10
 
 from cifar_lab.data.datamodule import CIFAR10DataModule
@@ -79,3 +80,10 @@ def npz_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("npz")
     write_npz(folder)
     return folder
+
+
+def read_scalars(events: Path, tag: str) -> dict[int, float]:
+    """step -> value of one TensorBoard tag, from an event file or a run folder (all its event files)."""
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    return {event.step: event.value for event in accumulator.Scalars(tag)}
