@@ -98,12 +98,13 @@ class ImageClassifier(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A checkpoint of another backbone or class count is a clear error, not a state_dict size mismatch."""
-        saved = checkpoint.get("hyper_parameters", {})
+        saved = checkpoint.get("hyper_parameters")
         check_state_dict_fits(
             self,
             checkpoint["state_dict"],
             expected=f"backbone {self.hparams.backbone!r} with {self.hparams.num_classes} classes",
-            found=f"backbone {saved.get('backbone', '?')!r} with {saved.get('num_classes', '?')} classes",
+            found=f"backbone {saved.get('backbone')!r} with {saved.get('num_classes')} classes"
+            if saved else "another network (no hyperparameters saved)",
         )
 
     def configure_optimizers(self) -> Any:
