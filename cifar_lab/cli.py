@@ -20,7 +20,7 @@ from cifar_lab.checkpoint_io import AtomicCheckpointIO, load_checkpoint_file
 from cifar_lab.data import CIFAR10DataModule
 from cifar_lab.errors import CifarLabError
 from cifar_lab.module import ImageClassifier
-from cifar_lab.resume import RESUME_FLAG, expand_resume
+from cifar_lab.resume import expand_resume
 from cifar_lab.run_checks import check_fit_config, check_precision
 
 DEBUG_ENV = "CIFAR_LAB_DEBUG"
@@ -52,14 +52,12 @@ class CifarLabCLI(LightningCLI):
         })
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
-        """Expand ``--resume RUN_DIR``; refuse an unreadable ``--ckpt_path`` before Lightning reads its hyperparameters."""
+        """Expand ``--resume RUN_DIR``; refuse a bad ``--ckpt_path`` before Lightning reads its hyperparameters."""
         given = sys.argv[1:] if args is None else args
-        if isinstance(given, list) and RESUME_FLAG in " ".join(given):
-            with warnings.catch_warnings():  # LightningCLI warns when args replace a non-empty sys.argv
-                warnings.filterwarnings("ignore", "LightningCLI's args parameter")
-                super().parse_arguments(parser, expand_resume(given))
-        else:
-            super().parse_arguments(parser, args)
+        expanded = expand_resume(given) if isinstance(given, list) else given
+        with warnings.catch_warnings():  # LightningCLI warns when args replace a non-empty sys.argv
+            warnings.filterwarnings("ignore", "LightningCLI's args parameter")
+            super().parse_arguments(parser, args if expanded == given else expanded)
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path and ckpt_path not in CKPT_ALIASES:

@@ -68,7 +68,7 @@ def verify_batches(folder: Path) -> None:
 
 
 def download_batches(data_dir: Path) -> None:
-    """Fetch torchvision's archive (it checks the archive's MD5); an unwritable folder or no network is a clear error."""
+    """Fetch torchvision's archive (it checks its MD5); an unwritable folder or no network is a clear error."""
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=data_dir).close()  # fail before a long download, not after it
