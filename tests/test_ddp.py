@@ -35,12 +35,13 @@ def test_ddp_test_accuracy_equals_one_process(ddp_run: Path, npz_dir: Path) -> N
     assert TEST_SIZE % 2 == 0  # DistributedSampler pads an uneven split with repeated images
     run = ddp_run / "runs" / "simple_cnn" / "version_0"
     test = ["test", "--config", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints" / "last.ckpt")]
-    result = cifar_lab(*test, cwd=ddp_run, data_dir=npz_dir)
+    # Named versions: each test logs into a folder of its own, not into the fit run's.
+    result = cifar_lab(*test, "--trainer.logger.init_args.version", "ddp_test", cwd=ddp_run, data_dir=npz_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "MEMBER: 2/2" in result.stdout + result.stderr
     main([*test, "--trainer.devices", "1", "--trainer.strategy", "auto", "--data.data_dir", str(npz_dir),
-          "--trainer.logger.init_args.save_dir", str(ddp_run / "single")])
-    two, one = ddp_run / "runs" / "simple_cnn" / "version_1", ddp_run / "single" / "simple_cnn" / "version_0"
+          "--trainer.logger.init_args.save_dir", str(ddp_run / "single"), "--trainer.logger.init_args.version", "one"])
+    two, one = ddp_run / "runs" / "simple_cnn" / "ddp_test", ddp_run / "single" / "simple_cnn" / "one"
     for tag in ("test/acc", "test/acc_top5", "test/acc_airplane", "test/acc_truck"):
         assert list(read_scalars(two, tag).values()) == list(read_scalars(one, tag).values()), tag
     assert list(read_scalars(two, "test/loss").values()) == pytest.approx(list(read_scalars(one, "test/loss").values()))
