@@ -9,26 +9,39 @@ TensorBoard logger writing ``runs/<backbone>/version_N/`` with the full ``config
 
 import os
 import sys
+import warnings
 
-from jsonargparse import Namespace
+from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from cifar_lab import compare, visualize
-from cifar_lab.callbacks import EpochSpeed, FigureLogger, HpMetric, RunReport, SaveConfigAsHparams
-from cifar_lab.checkpoint_io import AtomicCheckpointIO
+from cifar_lab.callbacks import (
+    EpochSpeed,
+    FigureLogger,
+    HpMetric,
+    NonFiniteGuard,
+    RandomStateCheckpoint,
+    RunReport,
+    SaveConfigAsHparams,
+)
+from cifar_lab.checkpoint_io import AtomicCheckpointIO, load_checkpoint_file
 from cifar_lab.data import CIFAR10DataModule
 from cifar_lab.errors import CifarLabError
 from cifar_lab.export import main as export_main
 from cifar_lab.models import summary
 from cifar_lab.module import ImageClassifier
 from cifar_lab.prediction_writer import CSVPredictionWriter
+from cifar_lab.resume import expand_resume
+from cifar_lab.run_checks import check_fit_config, check_precision
 from cifar_lab.runs import run_folder_of
 
 DEBUG_ENV = "CIFAR_LAB_DEBUG"
 RUNS_DIR = "runs"
+CKPT_ALIASES = {"last", "best", "hpc"}  # ckpt_path values Lightning resolves itself
 TOOLS = {  # `cifar-lab <tool> ...`, handled before LightningCLI parses
     "compare": compare.main,
     "visualize": visualize.main,
@@ -52,6 +65,8 @@ class CifarLabCLI(LightningCLI):
         })
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.add_lightning_class_args(CSVPredictionWriter, "predictions")
+        parser.add_lightning_class_args(NonFiniteGuard, "non_finite_guard")
+        parser.add_lightning_class_args(RandomStateCheckpoint, "random_state")
         parser.set_defaults({
             "trainer.logger": {
                 "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
@@ -63,9 +78,23 @@ class CifarLabCLI(LightningCLI):
         parser.add_lightning_class_args(FigureLogger, "figures")
         parser.add_lightning_class_args(RunReport, "report")
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        """Expand ``--resume RUN_DIR``; refuse a bad ``--ckpt_path`` before Lightning reads its hyperparameters."""
+        given = sys.argv[1:] if args is None else args
+        expanded = expand_resume(given) if isinstance(given, list) else given
+        with warnings.catch_warnings():  # LightningCLI warns when args replace a non-empty sys.argv
+            warnings.filterwarnings("ignore", "LightningCLI's args parameter")
+            super().parse_arguments(parser, args if expanded == given else expanded)
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and ckpt_path not in CKPT_ALIASES:
+            load_checkpoint_file(ckpt_path)
+
     def before_instantiate_classes(self) -> None:
         """Name the TensorBoard run after the backbone unless the config names it."""
         config = self.config[self.subcommand] if self.subcommand else self.config
+        if self.subcommand == "fit":
+            check_fit_config(config)
         logger = config.trainer.logger
         init_args = getattr(logger, "init_args", None)
         if init_args is not None and "name" in init_args and init_args.name is None:
@@ -89,6 +118,7 @@ class CifarLabCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs) -> Trainer:
         """The Trainer from the config, saving checkpoints atomically unless a plugin chose its own IO."""
         trainer = super().instantiate_trainer(**kwargs)
+        check_precision(trainer, (self.config[self.subcommand] if self.subcommand else self.config).trainer.precision)
         if trainer.logger is None:  # `trainer.logger: false`: nothing to monitor the learning rate into
             trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)]
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
@@ -106,8 +136,14 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> CifarLabCLI:
         auto_configure_optimizers=False,  # optimizer and schedule live in model: (see ImageClassifier)
         save_config_callback=SaveConfigAsHparams,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"epilog": "also: 'cifar-lab models' lists the backbones with their parameter counts and "
-                                 "MFLOPs; 'cifar-lab compare' and 'cifar-lab visualize' look at runs"},
+        parser_kwargs={
+            # Parse errors end as one line in main() (not usage + message); a mistyped option is an error,
+            # not a prefix of a real one.
+            "exit_on_error": False,
+            "allow_abbrev": False,
+            "epilog": "also: 'cifar-lab models' lists the backbones with their parameter counts and MFLOPs; "
+                      "'cifar-lab compare' and 'cifar-lab visualize' look at runs; 'cifar-lab export' exports",
+        },
         args=args,
         run=run,
     )
@@ -121,8 +157,8 @@ def main(args: list[str] | None = None) -> None:
             TOOLS[argv[0]](argv[1:])
         else:
             build_cli(args)
-    except CifarLabError as err:
+    except (CifarLabError, ArgumentError, MisconfigurationException) as err:
         if os.environ.get(DEBUG_ENV) == "1":
             raise
-        print(f"cifar-lab: error: {err}", file=sys.stderr)
+        print(f"cifar-lab: error: {' '.join(str(err).split())}", file=sys.stderr)
         sys.exit(1)

@@ -31,3 +31,15 @@ class WeightsNotFoundError(CifarLabError, FileNotFoundError):
 
 class ModelFileError(CifarLabError):
     """A checkpoint or pretrained weights file is missing or does not hold what it should."""
+
+
+class DownloadError(CifarLabError, OSError):
+    """CIFAR-10 could not be downloaded: the data folder is not writable or the network failed."""
+
+
+class CheckpointError(CifarLabError, ValueError):
+    """A checkpoint file is missing, unreadable, refused by safe loading, or holds another network."""
+
+
+class TrainingDivergedError(CifarLabError, ArithmeticError):
+    """The loss or the weights became NaN or infinite; training on would only spread them."""

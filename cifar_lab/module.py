@@ -10,6 +10,7 @@ from torch import Tensor
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from cifar_lab.checkpoint_io import check_state_dict_fits
 from cifar_lab.models import create
 from cifar_lab.optim import apply_group_scales, parameter_groups
 from cifar_lab.schedules import build_scheduler
@@ -117,7 +118,7 @@ class ImageClassifier(L.LightningModule):
         logits = self.predict_logits(images)
         loss = F.cross_entropy(logits, targets)
         metrics.update(logits, targets)
-        self.log(f"{stage}/loss", loss, prog_bar=True)
+        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True)
         self.log_dict(metrics, prog_bar=True)
         return logits
 
@@ -139,6 +140,17 @@ class ImageClassifier(L.LightningModule):
         if self.predict_with_tta and self.hparams.tta == "none":  # mirror views for this prediction only
             return torch.stack([self(view).softmax(dim=1) for view in (images, images.flip(-1))]).mean(dim=0)
         return self.predict_logits(images).softmax(dim=1)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint of another backbone or class count is a clear error, not a state_dict size mismatch."""
+        saved = checkpoint.get("hyper_parameters")
+        check_state_dict_fits(
+            self,
+            checkpoint["state_dict"],
+            expected=f"backbone {self.hparams.backbone!r} with {self.hparams.num_classes} classes",
+            found=f"backbone {saved.get('backbone')!r} with {saved.get('num_classes')} classes"
+            if saved else "another network (no hyperparameters saved)",
+        )
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams

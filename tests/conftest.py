@@ -11,6 +11,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torchvision.datasets import CIFAR10
 
 from cifar_lab.data.datamodule import CIFAR10DataModule
@@ -94,3 +95,10 @@ def checkpoint(npz_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("checkpoint") / "simple_cnn.ckpt"
     trainer.save_checkpoint(path)
     return path
+
+
+def read_scalars(events: Path, tag: str) -> dict[int, float]:
+    """step -> value of one TensorBoard tag, from an event file or a run folder (all its event files)."""
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    return {event.step: event.value for event in accumulator.Scalars(tag)}

@@ -5,7 +5,8 @@ import pytest
 import torch
 from lightning.fabric.plugins.io import torch_io
 
-from cifar_lab.checkpoint_io import AtomicCheckpointIO
+from cifar_lab.checkpoint_io import AtomicCheckpointIO, check_state_dict_fits
+from cifar_lab.errors import CheckpointError
 
 
 def test_checkpoint_is_written_whole(tmp_path: Path) -> None:
@@ -31,3 +32,11 @@ def test_save_killed_half_way_keeps_the_previous_checkpoint(tmp_path: Path, monk
         io.save_checkpoint({"step": 2, "w": torch.ones(1000)}, path)
     assert torch.load(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_weights_of_another_shape_are_refused_naming_both_networks() -> None:
+    here, there = torch.nn.Linear(4, 10), torch.nn.Linear(4, 5)
+    check_state_dict_fits(here, torch.nn.Linear(4, 10).state_dict(), expected="ten", found="ten")
+    with pytest.raises(CheckpointError, match=r"holds five but this run builds ten \(0 missing and 0 unexpected "
+                                              r"tensors, bias is \[5\] there but \[10\] here\)"):
+        check_state_dict_fits(here, there.state_dict(), expected="ten", found="five")

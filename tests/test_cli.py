@@ -17,13 +17,16 @@ SMOKE = ["--config", str(CONFIGS / "simple_cnn.yaml"), "--config", str(CONFIGS /
          "--config", str(CONFIGS / "trainer/smoke.yaml"), *TINY_DATA]
 
 
-def cifar_lab(*args: str, cwd: Path, data_dir: Path, env: dict | None = None,
-              module: str = "cifar_lab") -> subprocess.CompletedProcess:
+def cli_env(data_dir: Path, env: dict | None = None) -> dict:
     # PYTHONPATH: run the code of this checkout, whatever copy of cifar_lab is installed.
     pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    environ = {**os.environ, "CIFAR_LAB_DATA": str(data_dir), "PYTHONPATH": pythonpath, **(env or {})}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=environ, capture_output=True,
-                          text=True, timeout=300)
+    return {**os.environ, "CIFAR_LAB_DATA": str(data_dir), "PYTHONPATH": pythonpath, **(env or {})}
+
+
+def cifar_lab(*args: str, cwd: Path, data_dir: Path, env: dict | None = None,
+              module: str = "cifar_lab") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=cli_env(data_dir, env),
+                          capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")

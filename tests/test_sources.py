@@ -1,11 +1,13 @@
 import pickle
 from pathlib import Path
+from urllib.error import URLError
 
 import numpy as np
 import pytest
+import torchvision
 
 from cifar_lab.data import sources
-from cifar_lab.errors import ChecksumError, DataFormatError, DataNotFoundError
+from cifar_lab.errors import ChecksumError, DataFormatError, DataNotFoundError, DownloadError
 from tests.conftest import TEST_SIZE, TRAIN_PER_BATCH, make_images, write_npz
 
 
@@ -78,3 +80,12 @@ def test_array_file_with_pickled_objects_is_refused(tmp_path: Path) -> None:
     path = _save(tmp_path / "cifar10.npz", classes=np.array([object()] * 10, dtype=object))
     with pytest.raises(DataFormatError, match="not a readable array file"):
         sources.load_arrays(path)
+
+
+def test_failed_download_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(*args, **kwargs):
+        raise URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(torchvision.datasets.cifar, "download_and_extract_archive", offline)
+    with pytest.raises(DownloadError, match=f"downloading CIFAR-10 into {tmp_path} failed .*Name or service not known"):
+        sources.prepare(tmp_path, download=True)

@@ -1,11 +1,14 @@
-"""Lightning callbacks: those the CLI adds to every run (each configurable under its own key) and
-recipe callbacks to add under ``trainer.callbacks`` in YAML (Lookahead, PatchWhitening)."""
+"""Lightning callbacks: those the CLI adds to every run (each configurable under its own key or always
+on) and recipe callbacks to add under ``trainer.callbacks`` in YAML (Lookahead, PatchWhitening)."""
 
 from cifar_lab.callbacks.figures import FigureLogger
 from cifar_lab.callbacks.hparams import HpMetric, SaveConfigAsHparams
 from cifar_lab.callbacks.lookahead import Lookahead
+from cifar_lab.callbacks.non_finite import NonFiniteGuard
+from cifar_lab.callbacks.random_state import RandomStateCheckpoint
 from cifar_lab.callbacks.report import RunReport
 from cifar_lab.callbacks.speed import EpochSpeed
 from cifar_lab.callbacks.whitening import PatchWhitening
 
-__all__ = ["EpochSpeed", "FigureLogger", "HpMetric", "Lookahead", "PatchWhitening", "RunReport", "SaveConfigAsHparams"]
+__all__ = ["EpochSpeed", "FigureLogger", "HpMetric", "Lookahead", "NonFiniteGuard", "PatchWhitening",
+           "RandomStateCheckpoint", "RunReport", "SaveConfigAsHparams"]

@@ -28,9 +28,10 @@ class RunReport(Callback):
         self.per_class_table = per_class_table
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero or trainer.log_dir is None:
+        log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
+        if not trainer.is_global_zero or log_dir is None:
             return
-        folder = Path(trainer.log_dir)
+        folder = Path(log_dir)
         if self.per_class_table:
             metrics = trainer.callback_metrics
             rows = [(name, f"{float(metrics[f'test/acc_{name}']):.4f}") for name in pl_module.class_names

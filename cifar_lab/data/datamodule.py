@@ -88,6 +88,8 @@ class CIFAR10DataModule(L.LightningDataModule):
         super().__init__()
         if val_size < 0:
             raise ConfigError(f"val_size must be >= 0, got {val_size}")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.save_hyperparameters()
         self.data_dir = Path(data_dir if data_dir is not None else default_data_dir()).expanduser()
         self.train_transform = build_transform(augment, train=True)

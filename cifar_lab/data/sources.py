@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from torchvision.datasets import CIFAR10
 
-from cifar_lab.errors import ChecksumError, DataFormatError, DataNotFoundError
+from cifar_lab.errors import ChecksumError, DataFormatError, DataNotFoundError, DownloadError
 
 ARRAY_FILE = "cifar10.npz"
 IMAGE_SHAPE = (32, 32, 3)
@@ -67,11 +67,30 @@ def verify_batches(folder: Path) -> None:
             )
 
 
+def download_batches(data_dir: Path) -> None:
+    """Fetch torchvision's archive (it checks its MD5); an unwritable folder or no network is a clear error."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=data_dir).close()  # fail before a long download, not after it
+    except OSError as err:
+        raise DownloadError(
+            f"cannot download CIFAR-10 into {data_dir}: the folder is not writable ({err.strerror}). Point "
+            f"data.data_dir (or the CIFAR_LAB_DATA environment variable) at a writable folder."
+        ) from err
+    try:
+        CIFAR10(str(data_dir), train=True, download=True)
+    except OSError as err:  # urllib's URLError is an OSError
+        raise DownloadError(
+            f"downloading CIFAR-10 into {data_dir} failed ({err}). Check the network, or copy cifar10.npz or "
+            f"cifar-10-batches-py/ there and set data.download=false."
+        ) from err
+
+
 def read_batches(data_dir: Path, download: bool) -> CifarArrays:
     """Verified read of torchvision's batch files, downloading them first if allowed and absent."""
     folder = batches_dir(data_dir)
     if not folder.exists() and download:
-        CIFAR10(str(data_dir), train=True, download=True)  # fetches and checks the archive's MD5
+        download_batches(data_dir)
     verify_batches(folder)  # our own check first: its error names the file
     train = CIFAR10(str(data_dir), train=True, download=False)
     test = CIFAR10(str(data_dir), train=False, download=False)
