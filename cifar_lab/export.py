@@ -188,7 +188,16 @@ def export(
     """
     if quantize != "none" and format != "onnx":
         raise ConfigError("--quantize works on the ONNX model: add --format onnx")
+    previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
+    try:
+        export_and_check(ckpt_path, out, format, quantize, data_dir, eval_images, calibration_images, timing_runs)
+    finally:  # the thread count is process-wide: leave it as it was for whoever called us
+        torch.set_num_threads(previous_threads)
+
+
+def export_and_check(ckpt_path: str, out: str, format: str, quantize: str, data_dir: str | None,  # noqa: A002
+                     eval_images: int, calibration_images: int, timing_runs: int) -> None:
     arrays = sources.load_arrays(sources.prepare(Path(data_dir or default_data_dir()).expanduser(), download=False))
     test_images = as_model_input(arrays.test_images[:eval_images])
     test_labels = arrays.test_labels[:eval_images]
