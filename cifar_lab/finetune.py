@@ -9,10 +9,18 @@ from typing import Literal
 
 import lightning as L
 from lightning.pytorch.callbacks import BaseFinetuning
+from torch import nn
 from torch.optim import Optimizer
 
 from cifar_lab.errors import ConfigError
-from cifar_lab.models.pretrained import last_linear
+
+
+def last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
+    """The qualified name and module of the classification head: the last ``nn.Linear``."""
+    linears = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    if not linears:
+        raise ConfigError(f"{type(model).__name__} has no nn.Linear head to train first")
+    return linears[-1]
 
 
 class HeadFirstFinetuning(BaseFinetuning):

@@ -27,12 +27,12 @@ def cli_argv(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "argv", ["cifar-lab"])
 
 
-def save_pretrained_weights(backbone_kwargs: dict) -> None:
+def save_pretrained_weights(model: dict) -> None:
     """A recipe that starts from a local weights file gets one saved from a random model (no network)."""
-    if "weights_path" in backbone_kwargs:
-        path = Path(backbone_kwargs["weights_path"])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(getattr(torchvision.models, backbone_kwargs["arch"])().state_dict(), path)
+    weights = (model.get("backbone_kwargs") or {}).get("weights")
+    if weights:
+        Path(weights).parent.mkdir(parents=True, exist_ok=True)
+        torch.save(torchvision.models.get_model(model["backbone"].split(":")[1]).state_dict(), weights)
 
 
 def config_id(path: Path) -> str:
@@ -82,7 +82,7 @@ def test_add_on_composes_with_a_recipe(add_on: Path, capsys: pytest.CaptureFixtu
 def test_recipe_trains_one_batch_on_tiny_data(recipe: Path, npz_dir: Path, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    save_pretrained_weights(yaml.safe_load(recipe.read_text())["model"].get("backbone_kwargs") or {})
+    save_pretrained_weights(yaml.safe_load(recipe.read_text())["model"])
     cli = build_cli(["fit", "--config", str(recipe), "--config", str(CONFIGS / "trainer/cpu.yaml"),
                      "--trainer.fast_dev_run", "1", "--data.data_dir", str(npz_dir), "--data.batch_size", "4",
                      "--data.num_workers", "0", "--data.val_size", "50"])

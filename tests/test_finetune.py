@@ -1,4 +1,5 @@
-"""Pretrained torchvision backbones: weights loading, head replacement, freezing and unfreezing."""
+"""Fine-tuning a torchvision backbone from a local weights file: head replacement, upsampling,
+freezing and unfreezing."""
 
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import torch
 from torchvision.models import resnet18
 
 from cifar_lab.data import CIFAR10DataModule
-from cifar_lab.errors import ConfigError, ModelFileError
+from cifar_lab.errors import ConfigError, UnknownBackboneError, WeightsNotFoundError
 from cifar_lab.finetune import HeadFirstFinetuning
 from cifar_lab.models import create
 from cifar_lab.module import ImageClassifier
@@ -24,17 +25,18 @@ def weights_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_pretrained_loads_the_weights_and_replaces_the_head(weights_file: Path) -> None:
+def test_imagenet_weights_load_and_the_head_is_replaced(weights_file: Path) -> None:
     saved = torch.load(weights_file, weights_only=True)
-    model = create("pretrained", num_classes=10, weights_path=str(weights_file), input_size=None)
-    assert torch.equal(model.net.conv1.weight, saved["conv1.weight"])
-    assert torch.equal(model.net.layer4[1].bn2.running_var, saved["layer4.1.bn2.running_var"])
-    assert model.net.fc.weight.shape == (10, 512)
+    with pytest.warns(UserWarning, match="fc.weight, fc.bias"):  # the 1000-class head keeps its fresh init
+        model = create("torchvision:resnet18", num_classes=10, weights=str(weights_file))
+    assert torch.equal(model.conv1.weight, saved["conv1.weight"])
+    assert torch.equal(model.layer4[1].bn2.running_var, saved["layer4.1.bn2.running_var"])
+    assert model.fc.weight.shape == (10, 512)
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
 
 
 def test_input_is_upsampled_before_the_imagenet_stem(weights_file: Path) -> None:
-    model = create("pretrained", num_classes=10, weights_path=str(weights_file), input_size=64).eval()
+    model = create("torchvision:resnet18", num_classes=10, weights=str(weights_file), input_size=64).eval()
     seen = []
     model.net.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape))
     model(torch.rand(3, 3, 32, 32))
@@ -43,14 +45,14 @@ def test_input_is_upsampled_before_the_imagenet_stem(weights_file: Path) -> None
 
 def test_missing_or_wrong_weights_file_is_a_clear_error(tmp_path: Path) -> None:
     missing = tmp_path / "resnet18.pth"
-    with pytest.raises(ModelFileError, match=f"weights file '{missing}' not found"):
-        create("pretrained", weights_path=str(missing))
+    with pytest.raises(WeightsNotFoundError, match=f"weights file {missing} for torchvision:resnet18 does not exist"):
+        create("torchvision:resnet18", weights=str(missing))
     other = tmp_path / "other.pth"
     torch.save({"conv1.weight": torch.zeros(1)}, other)
-    with pytest.raises(ModelFileError, match="is not a state dict of ResNet"):
-        create("pretrained", weights_path=str(other))
-    with pytest.raises(ConfigError, match="unknown torchvision model 'resnet19'"):
-        create("pretrained", arch="resnet19")
+    with pytest.raises(ConfigError, match="does not match torchvision:resnet18"):
+        create("torchvision:resnet18", weights=str(other))
+    with pytest.raises(UnknownBackboneError, match="unknown torchvision model 'resnet19'"):
+        create("torchvision:resnet19")
     with pytest.raises(ConfigError, match="freeze must be"):
         HeadFirstFinetuning(freeze="head")
 
@@ -58,7 +60,7 @@ def test_missing_or_wrong_weights_file_is_a_clear_error(tmp_path: Path) -> None:
 def finetune(npz_dir: Path, weights_file: Path, callbacks: list[L.Callback], **trainer_kwargs) -> ImageClassifier:
     L.seed_everything(0)
     datamodule = CIFAR10DataModule(str(npz_dir), download=False, batch_size=16, num_workers=0, val_size=50)
-    model = ImageClassifier("pretrained", backbone_kwargs={"weights_path": str(weights_file), "input_size": None},
+    model = ImageClassifier("torchvision:resnet18", backbone_kwargs={"weights": str(weights_file)},
                             optimizer=torch.optim.SGD)  # plain SGD: a step changes exactly the parameters with grads
     tiny_trainer(callbacks=callbacks, limit_val_batches=0, **trainer_kwargs).fit(model, datamodule)
     return model
@@ -70,7 +72,7 @@ def test_freezing_the_backbone_trains_only_the_head(npz_dir: Path, weights_file:
                                                     changed_prefixes: set[str]) -> None:
     saved = torch.load(weights_file, weights_only=True)
     model = finetune(npz_dir, weights_file, [HeadFirstFinetuning(freeze=freeze)], max_steps=1)
-    after = {name.removeprefix("backbone.net."): value for name, value in model.state_dict().items()}
+    after = {name.removeprefix("backbone."): value for name, value in model.state_dict().items()}
     changed = {name for name, value in saved.items() if name in after and not torch.equal(value, after[name])}
     assert changed  # the step did something
     assert all(any(name.startswith(prefix) for name in changed) for prefix in changed_prefixes)
@@ -85,7 +87,7 @@ class RecordTrainable(L.Callback):
         self.trainable: list[bool] = []
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
-        self.trainable.append(pl_module.backbone.net.conv1.weight.requires_grad)
+        self.trainable.append(pl_module.backbone.conv1.weight.requires_grad)
 
 
 def test_backbone_unfreezes_at_the_given_epoch(npz_dir: Path, weights_file: Path) -> None:

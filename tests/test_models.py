@@ -55,9 +55,6 @@ PARAMETERS = {
     # prep 1,856; stage 1 73,984 + residual 295,424; stage 2 295,424; stage 3 1,180,672 +
     # residual 4,720,640; bias-free FC 5,120
     "fast_resnet9": 6_573_120,
-    # torchvision's ImageNet ResNet-18 (11,689,512 with its 1000-class FC) with a 10-class FC:
-    # - (512*1000 + 1000) + (512*10 + 10)
-    "pretrained": 11_181_642,
     # 2x2 whitening conv 3->24 with bias 312; conv groups 24->64, 64->256, 256->256 (3x3 convs
     # without bias, two BatchNorms each): 50,944 + 738,304 + 1,180,672; bias-free head 2,560
     "airbench": 1_972_792,

@@ -5,7 +5,6 @@ from cifar_lab.models import (  # noqa: F401  (registers the backbones)
     densenet,
     fast,
     mobilenet,
-    pretrained,
     resnet,
     senet,
     simple,

@@ -5,7 +5,9 @@
 ResNets do; it suits the convolutional families (ResNet/ResNeXt/Wide ResNet, DenseNet, MobileNet,
 EfficientNet, RegNet, ShuffleNet, ...). ``weights`` names a local ``state_dict`` file, never a
 download: tensors whose shape changed (the new classifier, the new stem) keep their fresh
-initialisation and are reported in a warning.
+initialisation and are reported in a warning. That is transfer learning from ImageNet weights:
+``weights`` + ``input_size`` (the input upsampled, e.g. to 64, for an ImageNet stem; see
+``cifar_lab.finetune`` for training the new head first).
 """
 
 import pickle
@@ -51,8 +53,9 @@ def load_weights(model: nn.Module, path: Path, name: str) -> None:
     """Load a local state_dict; tensors whose shapes differ from the model's are skipped with a warning."""
     if not path.is_file():
         raise WeightsNotFoundError(f"weights file {path} for torchvision:{name} does not exist; give the path of a "
-                                   f"file saved with torch.save(model.state_dict(), path) (weights are never "
-                                   f"downloaded)")
+                                   f"file saved with torch.save(model.state_dict(), path), e.g. once with internet: "
+                                   f"torch.save(torchvision.models.{name}(weights='DEFAULT').state_dict(), "
+                                   f"'{path}') (weights are never downloaded at run time)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as err:
@@ -69,9 +72,23 @@ def load_weights(model: nn.Module, path: Path, name: str) -> None:
                       f"these keep their fresh initialisation", stacklevel=2)
 
 
+class Upsampled(nn.Module):
+    """A network that first resizes its input to ``size x size``: ImageNet stems shrink a 32x32
+    image to 1x1 before the last stage."""
+
+    def __init__(self, net: nn.Module, size: int) -> None:
+        super().__init__()
+        self.size = size
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear",
+                                                  align_corners=False))
+
+
 @register_family("torchvision")
 def torchvision_backbone(name: str, num_classes: int = 10, cifar_stem: bool = False, weights: str | None = None,
-                         **kwargs: Any) -> nn.Module:
+                         input_size: int | None = None, **kwargs: Any) -> nn.Module:
     """torchvision's ``name`` built with ``num_classes`` and ``kwargs``; see the module docstring."""
     names = classification_models()
     if name not in names:
@@ -81,5 +98,5 @@ def torchvision_backbone(name: str, num_classes: int = 10, cifar_stem: bool = Fa
     if cifar_stem:
         replace_stem(model, name)
     if weights is not None:
-        load_weights(model, Path(weights), name)
-    return model
+        load_weights(model, Path(weights).expanduser(), name)
+    return Upsampled(model, input_size) if input_size else model
