@@ -67,15 +67,15 @@ class ShardedOrder:
 
 
 def random_crop(images: Tensor, padding: int, mode: str, generator: torch.Generator) -> Tensor:
-    """Pad the batch, then crop 32x32 at an independent random offset per image (one gather)."""
+    """Pad the batch, then crop 32x32 at an independent random offset per image.
+
+    ``unfold`` views every crop position without copying; one indexing op then picks each image's.
+    """
     n, _, h, w = images.shape
     padded = F.pad(images, (padding,) * 4, mode="constant" if mode == "zeros" else mode)
     offsets = torch.randint(0, 2 * padding + 1, (2, n), generator=generator).to(images.device)
-    rows = (offsets[0, :, None] + torch.arange(h, device=images.device))[:, None, :, None]
-    cols = (offsets[1, :, None] + torch.arange(w, device=images.device))[:, None, None, :]
-    batch = torch.arange(n, device=images.device)[:, None, None, None]
-    channels = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
-    return padded[batch, channels, rows, cols]
+    windows = padded.unfold(2, h, 1).unfold(3, w, 1)  # [N, C, rows, cols, h, w]
+    return windows[torch.arange(n, device=images.device), :, offsets[0], offsets[1]]
 
 
 def cutout(images: Tensor, size: int, generator: torch.Generator) -> Tensor:
