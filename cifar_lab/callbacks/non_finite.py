@@ -12,12 +12,27 @@ from cifar_lab.errors import TrainingDivergedError
 
 
 class NonFiniteGuard(Callback):
-    """Raise ``TrainingDivergedError`` at the first NaN/inf training loss, and refuse to save NaN/inf weights.
+    """Raise ``TrainingDivergedError`` soon after the first NaN/inf training loss, and refuse to save
+    NaN/inf weights.
 
-    Without it a diverged run trains on NaNs to the end and its checkpoints are useless. The loss
-    check is one scalar per step (Trainer's ``detect_anomaly`` instead slows every backward pass);
-    the decision is shared by all DDP processes so that they stop together.
+    Without it a diverged run trains on NaNs to the end and its checkpoints are useless. Each step
+    only records, on the device, the first step whose loss was not finite: reading it back is a
+    host-device sync, done every ``check_every_n_steps`` steps and at the end of each epoch, so a GPU
+    never waits for it (Trainer's ``detect_anomaly`` instead slows every backward pass). The
+    decision is shared by all DDP processes so that they stop together.
+
+    Args:
+        check_every_n_steps: how often the recorded state is read back; the run stops at most this
+            many steps after the loss went bad, and the message names the step where it did.
     """
+
+    def __init__(self, check_every_n_steps: int = 20) -> None:
+        self.check_every_n_steps = check_every_n_steps
+        self.first_bad_step: torch.Tensor | None = None
+        self.bad_loss: torch.Tensor | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.first_bad_step = self.bad_loss = None
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -25,10 +40,26 @@ class NonFiniteGuard(Callback):
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if loss is None:
             return
-        finite = bool(torch.isfinite(loss).all())
-        if trainer.strategy.reduce_boolean_decision(not finite, all=False):
-            self._stop(trainer, f"the training loss is {loss.item()} at step {trainer.global_step} "
-                                f"(epoch {trainer.current_epoch}, batch {batch_idx})")
+        loss = loss.detach().float()
+        if self.first_bad_step is None:
+            self.first_bad_step = torch.full((), -1, dtype=torch.long, device=loss.device)
+            self.bad_loss = torch.zeros((), device=loss.device)
+        newly_bad = (self.first_bad_step < 0) & ~torch.isfinite(loss)
+        step = torch.full((), trainer.global_step, dtype=torch.long, device=loss.device)  # a fill, not a copy
+        self.first_bad_step = torch.where(newly_bad, step, self.first_bad_step)
+        self.bad_loss = torch.where(newly_bad, loss, self.bad_loss)
+        if trainer.global_step % self.check_every_n_steps == 0:
+            self._check(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check(trainer)
+
+    def _check(self, trainer: L.Trainer) -> None:
+        bad = self.first_bad_step is not None and bool(self.first_bad_step >= 0)
+        if trainer.strategy.reduce_boolean_decision(bad, all=False):
+            what = (f"the training loss is {float(self.bad_loss)} at step {int(self.first_bad_step)}" if bad
+                    else "the training loss became NaN/inf on another process")
+            self._stop(trainer, f"{what} (epoch {trainer.current_epoch})")
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         bad = [name for name, p in pl_module.named_parameters() if not torch.isfinite(p).all()]
