@@ -152,6 +152,8 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> CifarLabCLI:
 def main(args: list[str] | None = None) -> None:
     """Console entry point; input errors end as one line on stderr unless CIFAR_LAB_DEBUG=1."""
     argv = sys.argv[1:] if args is None else args
+    # TensorBoard's model graph is drawn with torch.jit.trace, which torch now warns about on every run.
+    warnings.filterwarnings("ignore", r"`torch\.jit\.trace", FutureWarning)
     try:
         if argv and argv[0] in TOOLS:
             TOOLS[argv[0]](argv[1:])

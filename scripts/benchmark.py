@@ -28,7 +28,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from cifar_lab.cli import build_cli
+from cifar_lab.cli import CifarLabCLI, build_cli
 from cifar_lab.data import CIFAR10DataModule
 from cifar_lab.models import create
 
@@ -115,7 +115,7 @@ def bench_overhead(args: argparse.Namespace, device: torch.device) -> dict:
                 "--trainer.default_root_dir", args.scratch, "--trainer.max_steps", str(warmup + steps), "--trainer.max_epochs", "-1",
                 "--trainer.callbacks", "[]", "--model.lr_scheduler", "null"]
 
-    def configured() -> "L.pytorch.cli.LightningCLI":
+    def configured() -> CifarLabCLI:
         cli = build_cli(fit_args, run=False)
         cli.datamodule.datasets = dm.datasets  # skip re-reading the array file
         cli.datamodule.trainer = cli.trainer

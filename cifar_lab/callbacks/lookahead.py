@@ -27,6 +27,8 @@ class Lookahead(L.Callback):
     @torch.no_grad()
     def _pull(self, pl_module: L.LightningModule, rho: float) -> None:
         for name, fast in self._float_state(pl_module).items():
+            if self.slow[name].device != fast.device:  # restored from a checkpoint, which loads on the CPU
+                self.slow[name] = self.slow[name].to(fast.device)
             slow = self.slow[name]
             slow.lerp_(fast, 1 - rho)
             fast.copy_(slow)

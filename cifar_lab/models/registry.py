@@ -24,30 +24,28 @@ _REGISTRY: dict[str, BackboneFactory] = {}
 _FAMILIES: dict[str, BackboneFactory] = {}
 
 
-def register(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
-    """Decorator adding a factory ``(num_classes, **kwargs) -> nn.Module`` under ``name``."""
+def _adder(table: dict[str, BackboneFactory], key: str, kind: str) -> Callable[[BackboneFactory], BackboneFactory]:
+    """A decorator that files a factory under ``key`` in ``table``, once."""
 
     def add(factory: BackboneFactory) -> BackboneFactory:
-        if name in _REGISTRY:
-            raise ValueError(f"backbone {name!r} is already registered")
-        _REGISTRY[name] = factory
+        if key in table:
+            raise ValueError(f"{kind} {key!r} is already registered")
+        table[key] = factory
         return factory
 
     return add
+
+
+def register(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
+    """Decorator adding a factory ``(num_classes, **kwargs) -> nn.Module`` under ``name``."""
+    return _adder(_REGISTRY, name, "backbone")
 
 
 def register_family(prefix: str) -> Callable[[BackboneFactory], BackboneFactory]:
     """Decorator adding a factory ``(model_name, num_classes, **kwargs)`` for names ``prefix:model_name``."""
     if "." in prefix or ":" in prefix:
         raise ValueError(f"family prefix {prefix!r} may not contain '.' or ':' (it would shadow dotted paths)")
-
-    def add(factory: BackboneFactory) -> BackboneFactory:
-        if prefix in _FAMILIES:
-            raise ValueError(f"backbone family {prefix!r} is already registered")
-        _FAMILIES[prefix] = factory
-        return factory
-
-    return add
+    return _adder(_FAMILIES, prefix, "backbone family")
 
 
 def available() -> list[str]:
