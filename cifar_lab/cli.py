@@ -11,6 +11,8 @@ import os
 import sys
 import warnings
 
+import torch
+
 from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -30,7 +32,7 @@ from cifar_lab.callbacks import (
 )
 from cifar_lab.checkpoint_io import AtomicCheckpointIO, load_checkpoint_file
 from cifar_lab.data import CIFAR10DataModule
-from cifar_lab.errors import CifarLabError
+from cifar_lab.errors import CifarLabError, ConfigError
 from cifar_lab.export import main as export_main
 from cifar_lab.models import summary
 from cifar_lab.module import ImageClassifier
@@ -52,6 +54,8 @@ TOOLS = {  # `cifar-lab <tool> ...`, handled before LightningCLI parses
 
 class CifarLabCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--threads", type=int | None, default=None,
+                            help="CPU threads for torch's intra-op parallelism (null: torch's default, one per core)")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.classes", "model.class_names", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -91,8 +95,10 @@ class CifarLabCLI(LightningCLI):
             load_checkpoint_file(ckpt_path)
 
     def before_instantiate_classes(self) -> None:
-        """Name the TensorBoard run after the backbone unless the config names it."""
+        """Apply ``threads``; name the TensorBoard run after the backbone unless the config names it."""
         config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.threads is not None:
+            set_threads(config.threads)
         if self.subcommand == "fit":
             check_fit_config(config)
         logger = config.trainer.logger
@@ -124,6 +130,13 @@ class CifarLabCLI(LightningCLI):
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
+
+
+def set_threads(threads: int) -> None:
+    """The thread count before any model is built: on a small CPU, more threads than cores only contend."""
+    if threads < 1:
+        raise ConfigError(f"threads must be >= 1 (or null for torch's default), got {threads}")
+    torch.set_num_threads(threads)
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> CifarLabCLI:

@@ -5,6 +5,10 @@
   b. overhead:  images/s of training through Lightning (our ImageClassifier) vs a plain PyTorch
                 loop with the same backbone, batch, optimizer, precision and loader.
   c. accuracy:  training wall time and test accuracy of the fast config through the CLI, per seed.
+  d. cpu-recipe: the tutorial loop most CPU users start from (3 conv layers, Adam 1e-3, batch 512,
+                unnormalised images through a per-image DataLoader, 12 epochs) vs ``configs/fast/cpu.yaml``
+                through the CLI: test accuracy after every epoch (evaluation not timed) and the
+                training seconds each needs to reach the tutorial's final accuracy.
 
 Each figure is a median over ``--repeats``. ``--quick`` shrinks everything to CPU size (and says
 so in the table). Results go to stdout; ``--out DIR`` also writes ``benchmark.json`` and
@@ -12,6 +16,7 @@ so in the table). Results go to stdout; ``--out DIR`` also writes ``benchmark.js
 
     python scripts/benchmark.py --device cuda --out results/
     python scripts/benchmark.py --device cpu --quick
+    python scripts/benchmark.py --device cpu --sections cpu-recipe --out results/
 """
 
 import argparse
@@ -27,13 +32,18 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision.transforms import v2
 
 from cifar_lab.cli import CifarLabCLI, build_cli
 from cifar_lab.data import CIFAR10DataModule
+from cifar_lab.data.datamodule import ImageArrayDataset
 from cifar_lab.models import create
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST_CONFIG = ROOT / "configs" / "fast" / "airbench94.yaml"
+CPU_CONFIG = ROOT / "configs" / "fast" / "cpu.yaml"
 
 
 def sync(device: torch.device) -> None:
@@ -159,7 +169,7 @@ def bench_overhead(args: argparse.Namespace, device: torch.device) -> dict:
 def bench_accuracy(args: argparse.Namespace, device: torch.device) -> dict:
     """c. A fast config through the CLI: training seconds and test accuracy (with its TTA) per seed."""
     extra = ["--trainer.accelerator", device.type, "--trainer.devices", "1", "--trainer.logger", "false",
-             "--trainer.default_root_dir", args.scratch]  # checkpoints are written, as in any run
+             "--trainer.default_root_dir", args.scratch, "--data.data_dir", args.data_dir]  # checkpoints are written, as in any run
     if device.type == "cuda":
         extra += ["--trainer.precision", args.precision]
     extra += args.fit_args.split()
@@ -192,8 +202,120 @@ def bench_accuracy(args: argparse.Namespace, device: torch.device) -> dict:
     }
 
 
+def tutorial_cnn() -> nn.Sequential:
+    """The 3-conv network of the common CNN tutorials: no BatchNorm, no dropout, torch's default init."""
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(64, 64, 3), nn.ReLU(),
+        nn.Flatten(), nn.Linear(64 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10),
+    )
+
+
+@torch.no_grad()
+def accuracy(predict: Callable[[torch.Tensor], torch.Tensor], batches: Iterable) -> float:
+    correct = total = 0
+    for images, labels in batches:
+        correct += (predict(images).argmax(dim=1) == labels).sum().item()
+        total += len(labels)
+    return correct / total
+
+
+def seconds_to_reach(curve: list[dict], target: float) -> float | None:
+    """Training seconds at the end of the first epoch whose test accuracy reaches ``target``."""
+    return next((point["train_seconds"] for point in curve if point["test_acc"] >= target), None)
+
+
+def tutorial_curve(args: argparse.Namespace, epochs: int) -> list[dict]:
+    """The tutorial loop on all 50,000 training images; test accuracy after each epoch, off the clock."""
+    dm = datamodule(args, val_size=0)
+    to_float = v2.ToDtype(torch.float32, scale=True)  # no normalisation, as in the tutorials
+    splits = {name: DataLoader(ImageArrayDataset(dm.datasets[name].images, dm.datasets[name].labels, to_float),
+                               batch_size=args.cpu_batch_size, shuffle=name == "train", num_workers=args.workers,
+                               persistent_workers=args.workers > 0)
+              for name in ("train", "test")}
+    model = tutorial_cnn()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    curve, seconds = [], 0.0
+    for epoch in range(epochs):
+        start = time.perf_counter()
+        model.train()
+        for step, (images, labels) in enumerate(splits["train"]):
+            if step == args.cpu_limit_batches:
+                break
+            loss = F.cross_entropy(model(images), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        seconds += time.perf_counter() - start
+        curve.append({"epoch": epoch + 1, "train_seconds": seconds,
+                      "test_acc": accuracy(model.eval(), splits["test"])})
+        print(f"tutorial epoch {epoch + 1}: {seconds:.1f} s, test acc {curve[-1]['test_acc']:.4f}", flush=True)
+    return curve
+
+
+class TestAccuracyPerEpoch(L.Callback):
+    """Test accuracy (with the model's TTA) after every training epoch, left out of the training
+    seconds counted from ``start``."""
+
+    def __init__(self, test_batches: Iterable) -> None:
+        self.test_batches, self.start, self.eval_seconds, self.curve = test_batches, 0.0, 0.0, []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        now = time.perf_counter()
+        pl_module.eval()
+        acc = accuracy(pl_module.predict_logits, self.test_batches)
+        pl_module.train()
+        self.curve.append({"epoch": trainer.current_epoch + 1, "train_seconds": now - self.start - self.eval_seconds,
+                           "test_acc": acc})
+        self.eval_seconds += time.perf_counter() - now
+        print(f"cpu.yaml epoch {trainer.current_epoch + 1}: {self.curve[-1]['train_seconds']:.1f} s, "
+              f"test acc {acc:.4f}", flush=True)
+
+
+def recipe_curve(args: argparse.Namespace) -> tuple[list[dict], float]:
+    """``configs/fast/cpu.yaml`` through the CLI, as ``cifar-lab fit`` runs it: per-epoch test accuracy
+    and its final test accuracy from ``trainer.test``."""
+    # TensorBoard logging and checkpoints stay on, as in any run; they go to the scratch folder
+    extra = ["--trainer.logger.init_args.save_dir", args.scratch, "--trainer.default_root_dir", args.scratch,
+             "--data.data_dir", args.data_dir, *args.fit_args.split()]
+    if args.quick:
+        extra += ["--trainer.max_epochs", "2", "--trainer.limit_train_batches", str(args.cpu_limit_batches)]
+    cli = build_cli(["--config", str(CPU_CONFIG), *extra], run=False)
+    cli.datamodule.prepare_data()
+    cli.datamodule.setup("fit")  # the array file is read outside the timed part, as in section c
+    cli.datamodule.trainer = cli.trainer
+    per_epoch = TestAccuracyPerEpoch(cli.datamodule.test_dataloader())
+    cli.trainer.callbacks.append(per_epoch)
+    per_epoch.start = time.perf_counter()
+    cli.trainer.fit(cli.model, cli.datamodule)
+    (metrics,) = cli.trainer.test(cli.model, cli.datamodule, verbose=False)
+    return per_epoch.curve, metrics["test/acc"]
+
+
+def bench_cpu_recipe(args: argparse.Namespace, device: torch.device) -> dict:
+    """d. Seconds of training the tutorial loop and configs/fast/cpu.yaml need to reach the tutorial's accuracy."""
+    if device.type != "cpu":
+        raise SystemExit("the cpu-recipe section measures the CPU: run it with --device cpu")
+    tutorial = tutorial_curve(args, epochs=2 if args.quick else 12)
+    ours, final_acc = recipe_curve(args)
+    target = tutorial[-1]["test_acc"]
+    reached = seconds_to_reach(ours, target)
+    return {
+        "target_test_acc": target,
+        "tutorial_seconds": tutorial[-1]["train_seconds"],
+        "ours_seconds_to_target": reached,
+        "ratio_ours_vs_tutorial": None if reached is None else reached / tutorial[-1]["train_seconds"],
+        "ours_train_seconds": ours[-1]["train_seconds"],
+        "ours_test_acc": final_acc,
+        "tutorial_curve": tutorial,
+        "ours_curve": ours,
+    }
+
+
 def markdown(report: dict) -> str:
     env, a, b, c = report["environment"], report.get("pipeline"), report.get("overhead"), report.get("accuracy")
+    d = report.get("cpu-recipe")
     lines = [f"Device: {env['device']}; torch {env['torch']}, lightning {env['lightning']}; "
              f"batch {env['batch_size']}; medians over {env['repeats']} repeats" + (" (quick)" if env["quick"] else ""),
              "", "| measurement | images/s or value |", "| --- | --- |"]
@@ -204,6 +326,16 @@ def markdown(report: dict) -> str:
         lines.append(f"| fast config test acc, mean ± std over {len(c['runs'])} seeds | "
                      f"{100 * c['mean_test_acc']:.2f}% ± {100 * c['std_test_acc']:.2f} |")
         lines.append(f"| fast config training seconds (median) | {c['median_train_seconds']:.2f} |")
+    if d:
+        lines += ["", "| run | epochs | training s | test acc | s to reach the tutorial's accuracy |",
+                  "| --- | --- | --- | --- | --- |"]
+        reached = d["ours_seconds_to_target"]
+        lines.append(f"| tutorial loop | {len(d['tutorial_curve'])} | {d['tutorial_seconds']:.0f} | "
+                     f"{100 * d['target_test_acc']:.2f}% | {d['tutorial_seconds']:.0f} |")
+        lines.append(f"| configs/fast/cpu.yaml | {len(d['ours_curve'])} | {d['ours_train_seconds']:.0f} | "
+                     f"{100 * d['ours_test_acc']:.2f}% | {'not reached' if reached is None else f'{reached:.0f}'} |")
+        if reached is not None:
+            lines.append(f"\nTime to the tutorial's accuracy, ours / tutorial: {d['ratio_ours_vs_tutorial']:.3f}")
     return "\n".join(lines) + "\n"
 
 
@@ -225,6 +357,8 @@ def main() -> None:
     args.pipeline_batches = 10 if args.quick else 44
     args.overhead_steps = 5 if args.quick else 100
     args.quick_steps = 20
+    args.cpu_batch_size = 512
+    args.cpu_limit_batches = 10 if args.quick else None
     if args.quick:
         args.seeds = min(args.seeds, 2)
     device = torch.device(args.device)
@@ -236,7 +370,8 @@ def main() -> None:
         "torch": torch.__version__, "lightning": L.__version__, "batch_size": args.batch_size,
         "repeats": args.repeats, "quick": args.quick, "precision": args.precision, "fit_args": args.fit_args,
     }}
-    benches = {"pipeline": bench_pipeline, "overhead": bench_overhead, "accuracy": bench_accuracy}
+    benches = {"pipeline": bench_pipeline, "overhead": bench_overhead, "accuracy": bench_accuracy,
+               "cpu-recipe": bench_cpu_recipe}
     for name in args.sections.split(","):
         report[name] = benches[name](args, device)
         print(json.dumps({name: report[name]}, indent=1), flush=True)

@@ -1,0 +1,69 @@
+"""Laptop mode: the ``threads`` knob and the benchmark's ``cpu-recipe`` section on tiny data."""
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from cifar_lab.cli import build_cli, main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def restore_threads(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    monkeypatch.setattr(sys, "argv", ["cifar-lab"])
+    before = torch.get_num_threads()
+    yield before
+    torch.set_num_threads(before)
+
+
+def test_threads_from_the_config_are_applied_before_the_model_is_built(npz_dir: Path, tmp_path: Path,
+                                                                       restore_threads: int) -> None:
+    wanted = 1 if restore_threads != 1 else 2
+    cli = build_cli(["--threads", str(wanted), "--data.data_dir", str(npz_dir), "--trainer.logger", "false",
+                     "--trainer.default_root_dir", str(tmp_path)], run=False)
+    assert torch.get_num_threads() == wanted
+    assert cli.config.threads == wanted
+
+
+def test_threads_left_null_keep_torchs_default(npz_dir: Path, tmp_path: Path, restore_threads: int) -> None:
+    build_cli(["--data.data_dir", str(npz_dir), "--trainer.logger", "false"], run=False)
+    assert torch.get_num_threads() == restore_threads
+
+
+def test_zero_threads_is_a_one_line_error(npz_dir: Path, restore_threads: int,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--threads", "0", "--data.data_dir", str(npz_dir)])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.strip() == ("cifar-lab: error: threads must be >= 1 (or null for torch's "
+                                               "default), got 0")
+
+
+def test_benchmark_cpu_recipe_section_times_both_runs_to_the_tutorials_accuracy(npz_dir: Path,
+                                                                                tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--device", "cpu", "--quick", "--sections",
+         "cpu-recipe", "--workers", "0", "--data-dir", str(npz_dir), "--out", str(tmp_path),
+         "--fit-args", "--data.batch_size 32 --data.val_size 50"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "benchmark.json").read_text())["cpu-recipe"]
+    tutorial, ours = report["tutorial_curve"], report["ours_curve"]
+    assert [point["epoch"] for point in tutorial] == [1, 2] and [point["epoch"] for point in ours] == [1, 2]
+    assert 0 < ours[0]["train_seconds"] < ours[1]["train_seconds"]
+    assert report["target_test_acc"] == tutorial[-1]["test_acc"]
+    first_reaching = next((p for p in ours if p["test_acc"] >= report["target_test_acc"]), None)
+    if first_reaching is None:
+        assert report["ours_seconds_to_target"] is None and "not reached" in result.stdout
+    else:
+        assert report["ours_seconds_to_target"] == first_reaching["train_seconds"]
+        assert report["ratio_ours_vs_tutorial"] == pytest.approx(first_reaching["train_seconds"]
+                                                                 / report["tutorial_seconds"])
+    assert "| configs/fast/cpu.yaml | 2 |" in (tmp_path / "benchmark.md").read_text()
