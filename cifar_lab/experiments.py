@@ -1,5 +1,7 @@
-"""Comparison experiments: a suite is ``configs/experiments/<suite>/base.yaml`` plus one small YAML per variant,
-each differing from the others in one thing.
+"""Run a comparison suite of configs/experiments/: fit and test every variant, then compare them.
+
+A suite is ``configs/experiments/<suite>/base.yaml`` plus one small YAML per variant, each differing from the
+others in one thing.
 
     cifar-lab experiment batchnorm              # fit + test every variant, then results/batchnorm.md/.csv/.png
     cifar-lab experiment batchnorm --dry-run    # print the commands (e.g. for a cluster) and run nothing
@@ -77,7 +79,7 @@ def fit_command(suite: Suite, variant: str, epochs: int | None, extra: list[str]
     return command + extra
 
 
-def test_command(run: Path) -> list[str]:
+def evaluation_command(run: Path) -> list[str]:
     """``cifar-lab test`` of a run's last checkpoint with the run's own config; it logs into ``run``."""
     return [PROGRAM, "test", "--config", str(run / CONFIG_FILE), "--ckpt_path", str(run / "checkpoints" / "last.ckpt")]
 
@@ -96,7 +98,7 @@ def run_suite(suite: Suite, epochs: int | None = None, extra: list[str] | None =
     """Fit and test every variant in turn, then compare them; returns the files written (none for a dry run)."""
     runs = {variant: next_run_folder(suite, variant) for variant in suite.variants}
     plan = [(variant, command) for variant, run in runs.items()
-            for command in (fit_command(suite, variant, epochs, extra or []), test_command(run))]
+            for command in (fit_command(suite, variant, epochs, extra or []), evaluation_command(run))]
     if dry_run:
         for _, command in plan:
             print(shlex.join(command))

@@ -68,9 +68,12 @@ def test_a_list_of_transforms_in_yaml_goes_through_the_cli_parser(npz_dir: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "argv", ["cifar-lab"])
     config = tmp_path / "flip.yaml"
-    config.write_text("data:\n  augment:\n"
-                      "    - class_path: torchvision.transforms.v2.RandomHorizontalFlip\n      init_args:\n        p: 1.0\n"
-                      "    - class_path: torchvision.transforms.v2.RandomInvert\n      init_args:\n        p: 1.0\n")
+    config.write_text("data:\n"
+                      "  augment:\n"
+                      "    - class_path: torchvision.transforms.v2.RandomHorizontalFlip\n"
+                      "      init_args: {p: 1.0}\n"
+                      "    - class_path: torchvision.transforms.v2.RandomInvert\n"
+                      "      init_args: {p: 1.0}\n")
     cli = build_cli(["--config", str(CONFIGS / "simple_cnn.yaml"), "--config", str(config), "--data.data_dir",
                      str(npz_dir), "--data.val_size", "50"], run=False)
     dm = cli.datamodule

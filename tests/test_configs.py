@@ -15,7 +15,7 @@ import torchvision
 import yaml
 
 from cifar_lab.cli import build_cli
-from cifar_lab.experiments import fit_command, load_suite, suite_names
+from cifar_lab.experiments import Suite, fit_command, load_suite, suite_names
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 EXPERIMENTS = CONFIGS / "experiments"
@@ -107,24 +107,28 @@ def test_the_issues_experiment_suites_are_found() -> None:
     }
 
 
-VARIANTS = [pytest.param(suite, variant, id=f"{suite.name}/{variant}") for suite in SUITES for variant in suite.variants]
+VARIANTS = [pytest.param(suite, variant, id=f"{suite.name}/{variant}")
+            for suite in SUITES for variant in suite.variants]
 
 
 @pytest.mark.parametrize(("suite", "variant"), VARIANTS)
-def test_experiment_variant_composes_with_its_base(suite, variant: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_experiment_variant_composes_with_its_base(suite: Suite, variant: str,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
     printed = print_config(suite.base, suite.variants[variant], capsys=capsys)
     assert contains(printed, yaml.safe_load(suite.base.read_text()))
     assert contains(printed, yaml.safe_load(suite.variants[variant].read_text()))
 
 
 @pytest.mark.parametrize(("suite", "variant"), VARIANTS)
-def test_experiment_variant_trains_one_batch_on_tiny_data(suite, variant: str, npz_dir: Path, tmp_path: Path,
+def test_experiment_variant_trains_one_batch_on_tiny_data(suite: Suite, variant: str, npz_dir: Path, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     command = fit_command(suite, variant, epochs=None, extra=["--trainer.fast_dev_run", "1", "--trainer.accelerator",
                                                               "cpu", "--data.data_dir", str(npz_dir), *TINY_DATA])
     cli = build_cli(command[1:])
     assert cli.trainer.state.finished and cli.trainer.global_step == 1
-    variant_model = yaml.safe_load(suite.variants[variant].read_text()).get("model", {})
-    assert cli.model.hparams.backbone == variant_model.get("backbone", cli.model.hparams.backbone)
+    model = {**yaml.safe_load(suite.base.read_text())["model"],
+             **yaml.safe_load(suite.variants[variant].read_text()).get("model", {})}
+    assert cli.model.hparams.backbone == model["backbone"]
+    assert cli.model.hparams.backbone_kwargs == model.get("backbone_kwargs")
     assert 0.0 <= float(cli.trainer.callback_metrics["val/acc"]) <= 1.0

@@ -66,7 +66,8 @@ def test_suite_fits_and_tests_every_variant_then_writes_the_comparison(
 
     extra = ["--data.data_dir", str(npz_dir), "--data.val_size", "50", "--data.batch_size", "32",
              "--data.num_workers", "0", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2",
-             "--trainer.limit_test_batches", "2", "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"]
+             "--trainer.limit_test_batches", "2", "--trainer.accelerator", "cpu",
+             "--trainer.enable_progress_bar", "false"]
     paths = run_suite(load_suite("batchnorm", EXPERIMENTS), epochs=1, extra=extra, execute=in_process)
     assert commands == ["fit", "test", "fit", "test"]
     assert [p.as_posix() for p in paths] == ["results/batchnorm.md", "results/batchnorm.csv", "results/batchnorm.png"]

@@ -16,7 +16,7 @@ POOLS: dict[str, type[nn.Module]] = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
 
 
 def conv_block(in_channels: int, out_channels: int, batch_norm: bool = False, pool: Pool = "max") -> nn.Sequential:
-    """Conv3x3 (no bias before BatchNorm, which would cancel it) [-BN] -ReLU-Pool, or a stride-2 conv for ``strided``."""
+    """Conv3x3 (no bias before BatchNorm, which would cancel it) [-BN] -ReLU-Pool; ``strided``: the conv at stride 2."""
     if pool not in (*POOLS, "strided"):
         raise ConfigError(f"unknown pool {pool!r}; choose one of {[*POOLS, 'strided']}")
     norm = [nn.BatchNorm2d(out_channels)] if batch_norm else []
