@@ -1,6 +1,6 @@
 """``cifar-lab``: LightningCLI wiring YAML configs to ImageClassifier, CIFAR10DataModule and Trainer.
 
-``cifar-lab models|compare|visualize|export`` are handled before LightningCLI sees the arguments
+``cifar-lab models|compare|visualize|export|experiment`` are handled before LightningCLI sees the arguments
 (they need no Trainer), so the subcommands ``fit|validate|test|predict`` stay exactly LightningCLI's.
 
 Defaults every run gets: best/last checkpoints on ``val/acc``, a learning-rate monitor and a
@@ -20,7 +20,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
-from cifar_lab import compare, visualize
+from cifar_lab import compare, experiments, visualize
 from cifar_lab.callbacks import (
     EpochSpeed,
     FigureLogger,
@@ -39,16 +39,16 @@ from cifar_lab.module import ImageClassifier
 from cifar_lab.prediction_writer import CSVPredictionWriter
 from cifar_lab.resume import expand_resume
 from cifar_lab.run_checks import check_fit_config, check_precision
-from cifar_lab.runs import run_folder_of
+from cifar_lab.runs import RUNS_DIR, run_folder_of
 
 DEBUG_ENV = "CIFAR_LAB_DEBUG"
-RUNS_DIR = "runs"
 CKPT_ALIASES = {"last", "best", "hpc"}  # ckpt_path values Lightning resolves itself
 TOOLS = {  # `cifar-lab <tool> ...`, handled before LightningCLI parses
     "compare": compare.main,
     "visualize": visualize.main,
     "models": summary.main,
     "export": export_main,
+    "experiment": experiments.main,
 }
 
 
@@ -155,7 +155,8 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> CifarLabCLI:
             "exit_on_error": False,
             "allow_abbrev": False,
             "epilog": "also: 'cifar-lab models' lists the backbones with their parameter counts and MFLOPs; "
-                      "'cifar-lab compare' and 'cifar-lab visualize' look at runs; 'cifar-lab export' exports",
+                      "'cifar-lab compare' and 'cifar-lab visualize' look at runs; 'cifar-lab export' exports; "
+                      "'cifar-lab experiment' runs a comparison suite of configs/experiments/",
         },
         args=args,
         run=run,

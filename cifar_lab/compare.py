@@ -4,7 +4,7 @@
     python scripts/compare_runs.py runs/simple_cnn/version_0 runs/resnet18/version_0
 
 Reads each folder's TensorBoard event files and ``config.yaml``; writes ``comparison.md``,
-``comparison.csv`` and ``comparison.png`` into ``--out``. Folders without event files are reported
+``comparison.csv`` and ``comparison.png`` into ``--out`` (``--name`` names the files otherwise). Folders without event files are reported
 on stderr and skipped; metrics a run lacks (``test/acc`` before ``test``) are blank cells.
 """
 
@@ -79,8 +79,9 @@ def formatted(column: str, value: Any) -> Any:
     return value
 
 
-def compare(folders: list[Path], out: Path) -> list[Path]:
-    """Write the Markdown/CSV table and the PNG for the run folders that have event files; returns the files."""
+def compare(folders: list[Path], out: Path, name: str = "comparison") -> list[Path]:
+    """Write ``<name>.md``/``.csv`` (the table) and ``<name>.png`` into ``out`` for the run folders that have
+    event files; returns the files."""
     runs = []
     for folder in folders:
         try:
@@ -95,7 +96,7 @@ def compare(folders: list[Path], out: Path) -> list[Path]:
     header = COLUMNS + list(extra)
     rows = [[row[c] for c in COLUMNS] + [values[i] for values in extra.values()] for i, row in enumerate(summaries)]
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "comparison.md", out / "comparison.csv", out / "comparison.png"]
+    paths = [out / f"{name}.md", out / f"{name}.csv", out / f"{name}.png"]
     paths[0].write_text(markdown_table(header, [[formatted(c, v) for c, v in zip(header, row)] for row in rows]))
     write_csv(paths[1], header, rows)
     runs_figure(runs).savefig(paths[2], dpi=80)
@@ -106,8 +107,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="cifar-lab compare", description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", help="run folders or glob patterns such as 'runs/*/version_*'")
     parser.add_argument("--out", type=Path, default=Path("comparison"), help="folder for the table and plot")
+    parser.add_argument("--name", default="comparison", help="file name (without suffix) of the table and plot")
     args = parser.parse_args(argv)
-    paths = compare(expand(args.runs), args.out)
+    paths = compare(expand(args.runs), args.out, args.name)
     print(paths[0].read_text())
     print("wrote " + ", ".join(map(str, paths)))
 

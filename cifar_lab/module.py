@@ -11,6 +11,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from cifar_lab.checkpoint_io import check_state_dict_fits
+from cifar_lab.data.augment import batch_mix
 from cifar_lab.models import create
 from cifar_lab.optim import apply_group_scales, parameter_groups
 from cifar_lab.schedules import build_scheduler
@@ -42,6 +43,10 @@ class ImageClassifier(L.LightningModule):
             length of training in ``scheduler_interval`` units.
         scheduler_interval: step the schedule every ``epoch`` or every optimizer ``step``.
         label_smoothing: cross-entropy label smoothing for training.
+        mixup_alpha, cutmix_alpha: MixUp / CutMix of each training batch (``torchvision.transforms.v2``) with
+            mixing ratios drawn from Beta(alpha, alpha); 0 turns one off, with both on a batch gets one of the two.
+            The loss uses the mixed (soft) targets; ``train/acc`` counts against the images' own labels.
+        mix_prob: the chance that a training batch is mixed at all.
         tta: test-time augmentation at val/test/predict: ``flip`` averages the logits of the image and
             its mirror; ``flip_translate`` also of one-pixel shifts (the fast recipes' choice).
         channels_last: NHWC memory format for the backbone and its inputs (faster convs on GPUs).
@@ -63,6 +68,9 @@ class ImageClassifier(L.LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Literal["epoch", "step"] = "epoch",
         label_smoothing: float = 0.0,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        mix_prob: float = 1.0,
         tta: Literal["none", "flip", "flip_translate"] = "none",
         channels_last: bool = False,
         compile_mode: str | None = None,
@@ -76,6 +84,7 @@ class ImageClassifier(L.LightningModule):
         self.backbone = create(backbone, num_classes=num_classes, **(backbone_kwargs or {}))
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
+        self.batch_mix = batch_mix(num_classes, mixup_alpha, cutmix_alpha, mix_prob)
         self.class_names = class_names or [f"class_{i}" for i in range(num_classes)]
         self.train_metrics = accuracy_metrics(num_classes, "train/")
         self.val_metrics = accuracy_metrics(num_classes, "val/")
@@ -106,8 +115,11 @@ class ImageClassifier(L.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, targets = batch
+        mixed_targets = targets
+        if self.batch_mix is not None:
+            images, mixed_targets = self.batch_mix(images, targets)
         logits = self(images)
-        loss = F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
+        loss = F.cross_entropy(logits, mixed_targets, label_smoothing=self.hparams.label_smoothing)
         self.train_metrics.update(logits, targets)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True)

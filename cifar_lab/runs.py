@@ -15,6 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import SCALARS, Even
 
 from cifar_lab.errors import CifarLabError
 
+RUNS_DIR = "runs"  # where ``fit`` logs by default, relative to the working folder
 CONFIG_FILE = "config.yaml"
 EVENTS_GLOB = "events.out.tfevents.*"
 GLOB_CHARS = "*?["

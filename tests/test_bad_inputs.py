@@ -37,7 +37,7 @@ def fails_with(tmp_path: Path, data_dir: Path, *args: str, subcommand: str = "fi
                      id="zero-epochs"),
         pytest.param(["--data.val_size", "300"], "val_size=300 must be smaller than the 300 training images",
                      id="val-size-too-large"),
-        pytest.param(["--data.augment", "autoaugment"], "unknown augment preset 'autoaugment'; choose one of",
+        pytest.param(["--data.augment", "fancy"], "unknown augment preset 'fancy'; choose one of",
                      id="unknown-augment"),
         pytest.param(["--trainer.precision", "16-mixed"], "trainer.precision=16-mixed needs a GPU", id="fp16-on-cpu"),
         pytest.param(["--trainer.accelerator", "cuda"], "CUDAAccelerator` can not run on your system",

@@ -1,4 +1,5 @@
-"""Every recipe in configs/ parses and trains one batch on tiny data; every add-on composes with a recipe.
+"""Every recipe in configs/ parses and trains one batch on tiny data; every add-on composes with a recipe;
+every variant of every experiment suite (configs/experiments/) composes with its base and trains one batch.
 
 In-process through ``build_cli`` (the CLI ``cifar-lab`` runs), which is several times faster than
 a subprocess per config; ``test_cli.py`` covers the console entry point itself.
@@ -14,11 +15,16 @@ import torchvision
 import yaml
 
 from cifar_lab.cli import build_cli
+from cifar_lab.experiments import Suite, fit_command, load_suite, suite_names
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-RECIPES = sorted(path for path in CONFIGS.rglob("*.yaml") if "model" in yaml.safe_load(path.read_text()))
-ADD_ONS = sorted(path for path in CONFIGS.rglob("*.yaml") if path not in RECIPES)
+EXPERIMENTS = CONFIGS / "experiments"
+STANDALONE = sorted(path for path in CONFIGS.rglob("*.yaml") if EXPERIMENTS not in path.parents)
+RECIPES = [path for path in STANDALONE if "model" in yaml.safe_load(path.read_text())]
+ADD_ONS = [path for path in STANDALONE if path not in RECIPES]
+SUITES = [load_suite(name, EXPERIMENTS) for name in suite_names(EXPERIMENTS)]
 BIG = {"densenet121.yaml"}
+TINY_DATA = ["--data.batch_size", "4", "--data.num_workers", "0", "--data.val_size", "50"]
 
 
 @pytest.fixture(autouse=True)
@@ -84,9 +90,45 @@ def test_recipe_trains_one_batch_on_tiny_data(recipe: Path, npz_dir: Path, tmp_p
     monkeypatch.chdir(tmp_path)
     save_pretrained_weights(yaml.safe_load(recipe.read_text())["model"])
     cli = build_cli(["fit", "--config", str(recipe), "--config", str(CONFIGS / "trainer/cpu.yaml"),
-                     "--trainer.fast_dev_run", "1", "--data.data_dir", str(npz_dir), "--data.batch_size", "4",
-                     "--data.num_workers", "0", "--data.val_size", "50"])
+                     "--trainer.fast_dev_run", "1", "--data.data_dir", str(npz_dir), *TINY_DATA])
     assert cli.trainer.state.finished
     assert cli.trainer.global_step == 1
     assert cli.model.hparams.backbone == yaml.safe_load(recipe.read_text())["model"]["backbone"]
+    assert 0.0 <= float(cli.trainer.callback_metrics["val/acc"]) <= 1.0
+
+
+def test_the_issues_experiment_suites_are_found() -> None:
+    assert {suite.name: sorted(suite.variants) for suite in SUITES} == {
+        "architecture": ["mobilenet_v2", "resnet18", "simple_cnn", "vgg11"],
+        "augmentation": ["autoaugment", "none", "standard", "standard_cutout"],
+        "batchnorm": ["simple_cnn", "simple_cnn_bn"],
+        "optimizer": ["adam", "adamw", "sgd"],
+        "pooling": ["avg", "max", "strided"],
+    }
+
+
+VARIANTS = [pytest.param(suite, variant, id=f"{suite.name}/{variant}")
+            for suite in SUITES for variant in suite.variants]
+
+
+@pytest.mark.parametrize(("suite", "variant"), VARIANTS)
+def test_experiment_variant_composes_with_its_base(suite: Suite, variant: str,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    printed = print_config(suite.base, suite.variants[variant], capsys=capsys)
+    assert contains(printed, yaml.safe_load(suite.base.read_text()))
+    assert contains(printed, yaml.safe_load(suite.variants[variant].read_text()))
+
+
+@pytest.mark.parametrize(("suite", "variant"), VARIANTS)
+def test_experiment_variant_trains_one_batch_on_tiny_data(suite: Suite, variant: str, npz_dir: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    command = fit_command(suite, variant, epochs=None, extra=["--trainer.fast_dev_run", "1", "--trainer.accelerator",
+                                                              "cpu", "--data.data_dir", str(npz_dir), *TINY_DATA])
+    cli = build_cli(command[1:])
+    assert cli.trainer.state.finished and cli.trainer.global_step == 1
+    model = {**yaml.safe_load(suite.base.read_text())["model"],
+             **yaml.safe_load(suite.variants[variant].read_text()).get("model", {})}
+    assert cli.model.hparams.backbone == model["backbone"]
+    assert cli.model.hparams.backbone_kwargs == model.get("backbone_kwargs")
     assert 0.0 <= float(cli.trainer.callback_metrics["val/acc"]) <= 1.0

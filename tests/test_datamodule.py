@@ -2,9 +2,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from torchvision.transforms import v2
 
 from cifar_lab.data import CIFAR10DataModule
 from cifar_lab.data.augment import CIFAR10_MEAN, CIFAR10_STD
+from cifar_lab.data.device_loader import BatchAugment
 from cifar_lab.errors import ConfigError
 
 
@@ -79,3 +81,14 @@ def test_bad_options_are_config_errors(npz_dir: Path) -> None:
         CIFAR10DataModule(augment="fancy")
     with pytest.raises(ConfigError, match="val_size=300 must be smaller than the 300 training images"):
         make_dm(npz_dir, val_size=300)
+
+
+def test_augmentation_the_device_loader_cannot_do_is_a_config_error_naming_the_way_out() -> None:
+    with pytest.raises(ConfigError, match="augment 'autoaugment' has no device-loader version.*set data.batch_augment"):
+        CIFAR10DataModule(augment="autoaugment", loader="device")
+    with pytest.raises(ConfigError, match="augment given as a list of transforms has no device-loader version"):
+        CIFAR10DataModule(augment=[v2.RandomHorizontalFlip()], loader="device")
+    with pytest.raises(ConfigError, match="erasing 'cutout' runs in the DataLoader path only.*batch_augment.cutout"):
+        CIFAR10DataModule(erasing="cutout", loader="device", batch_augment=BatchAugment(cutout=16))
+    assert CIFAR10DataModule(augment="autoaugment", loader="device", batch_augment=BatchAugment(cutout=8)
+                             ).batch_augment.cutout == 8

@@ -226,3 +226,30 @@ def test_models_command_passes_backbone_kwargs_and_rejects_a_non_mapping(capsys:
     assert row.split() == ["|", "`torchvision:resnet18`", "|", f"{11_173_962 + 90 * 513:,}", "|", "1,110.9", "|"]
     with pytest.raises(ConfigError, match="--backbone_kwargs must be a mapping"):
         summary.main(["resnet18", "--backbone_kwargs", "cifar_stem"])
+
+
+@pytest.mark.parametrize("name", ["simple_cnn", "simple_cnn_bn"])
+def test_pooling_variants_keep_the_parameters_and_the_4x4_feature_map(name: str) -> None:
+    layers = {}
+    for pool in ("max", "avg", "strided"):
+        model = create(name, pool=pool)
+        assert count_parameters(model) == PARAMETERS[name]  # pooling has no weights; strided reuses each conv
+        assert model.features(torch.zeros(1, 3, 32, 32)).shape == (1, 128, 4, 4)
+        layers[pool] = [type(m).__name__ for m in model.features.modules()]
+    assert layers["max"].count("MaxPool2d") == layers["avg"].count("AvgPool2d") == 3
+    assert not {"MaxPool2d", "AvgPool2d"} & set(layers["strided"])
+    assert [m.stride for m in create(name, pool="strided").modules() if isinstance(m, nn.Conv2d)] == [(2, 2)] * 3
+    with pytest.raises(ConfigError, match="unknown pool 'min'; choose one of \\['max', 'avg', 'strided'\\]"):
+        create(name, pool="min")
+
+
+def test_vgg_dropout_drops_features_in_training_only_and_adds_no_parameters() -> None:
+    torch.manual_seed(0)
+    images = torch.randn(4, 3, 32, 32)
+    plain, dropped = create("vgg11").train(), create("vgg11", dropout=0.5).train()
+    assert plain.state_dict().keys() == dropped.state_dict().keys()  # checkpoints of either fit both
+    assert count_parameters(dropped) == PARAMETERS["vgg11"]
+    assert torch.equal(plain(images), plain(images))
+    assert not torch.equal(dropped(images), dropped(images))
+    dropped.eval()
+    assert torch.equal(dropped(images), dropped(images))

@@ -1,10 +1,12 @@
-"""Named augmentation presets built from torchvision.transforms.v2.
+"""Augmentation from torchvision.transforms.v2: named per-image presets, random erasing after
+normalisation, and MixUp/CutMix of whole training batches.
 
 Presets apply to the training split only; every split ends with the same uint8 -> float
 conversion and CIFAR-10 normalisation, so val/test see exactly what the model expects.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 import torch
 from torchvision.transforms import v2
@@ -15,9 +17,30 @@ from cifar_lab.errors import ConfigError
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
+Erasing = Literal["cutout", "random_erasing"]
+
+
+def crop_flip() -> list[v2.Transform]:
+    """The standard CIFAR augmentation: random 32x32 crop of the 4-pixel zero-padded image, mirror with p=0.5."""
+    return [v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()]
+
+
+# The policy-based presets run after crop + flip, as in the AutoAugment/RandAugment/TrivialAugment CIFAR recipes.
 PRESETS: dict[str, Callable[[], list[v2.Transform]]] = {
     "none": lambda: [],
-    "standard": lambda: [v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()],
+    "standard": crop_flip,
+    "color": lambda: [*crop_flip(), v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05),
+                      v2.RandomRotation(10)],
+    "autoaugment": lambda: [*crop_flip(), v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)],
+    "randaugment": lambda: [*crop_flip(), v2.RandAugment()],
+    "trivialaugment": lambda: [*crop_flip(), v2.TrivialAugmentWide()],
+}
+
+# After normalisation, where 0 is the mean colour. Cutout (DeVries & Taylor): one 16x16 square per image,
+# here always inside the image; random_erasing: torchvision's defaults (p=0.5, 2-33% of the area, any aspect).
+ERASING: dict[str, Callable[[], v2.Transform]] = {
+    "cutout": lambda: v2.RandomErasing(p=1.0, scale=(0.25, 0.25), ratio=(1.0, 1.0), value=0.0),
+    "random_erasing": lambda: v2.RandomErasing(),
 }
 
 
@@ -26,9 +49,34 @@ def normalize() -> list[v2.Transform]:
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(CIFAR10_MEAN, CIFAR10_STD)]
 
 
-def build_transform(preset: str, train: bool) -> v2.Compose:
-    """The preset's augmentation (training only) followed by normalisation."""
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown augment preset {preset!r}; choose one of {sorted(PRESETS)}")
-    augment = PRESETS[preset]() if train else []
-    return v2.Compose([*augment, *normalize()])
+def build_transform(augment: str | Sequence[v2.Transform], train: bool, erasing: Erasing | None = None) -> v2.Compose:
+    """The preset's (or the given list's) augmentation and erasing (training only) around normalisation."""
+    if isinstance(augment, str) and augment not in PRESETS:
+        raise ConfigError(f"unknown augment preset {augment!r}; choose one of {sorted(PRESETS)} "
+                          f"or give a list of transforms (class_path/init_args)")
+    if erasing is not None and erasing not in ERASING:
+        raise ConfigError(f"unknown erasing {erasing!r}; choose one of {sorted(ERASING)} or null")
+    if not train:
+        return v2.Compose(normalize())
+    transforms = PRESETS[augment]() if isinstance(augment, str) else list(augment)
+    return v2.Compose([*transforms, *normalize(), *([ERASING[erasing]()] if erasing else [])])
+
+
+def batch_mix(num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
+              prob: float = 1.0) -> v2.Transform | None:
+    """MixUp and/or CutMix of a whole batch ``(images, labels) -> (images, soft labels)``, or None when both are off.
+
+    With both on, each batch gets one of the two at random; ``prob`` is the chance that a batch is mixed at
+    all (an unmixed batch keeps its class-index labels, which the cross-entropy takes as well).
+    """
+    for name, value in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)):
+        if value < 0:
+            raise ConfigError(f"{name} must be >= 0 (0 turns it off), got {value}")
+    if not 0.0 <= prob <= 1.0:
+        raise ConfigError(f"mix_prob must be between 0 and 1, got {prob}")
+    mixes = [mix(alpha=alpha, num_classes=num_classes)
+             for mix, alpha in ((v2.MixUp, mixup_alpha), (v2.CutMix, cutmix_alpha)) if alpha > 0]
+    if not mixes or prob == 0.0:
+        return None
+    mix = mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
+    return mix if prob == 1.0 else v2.RandomApply([mix], p=prob)

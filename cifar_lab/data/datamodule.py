@@ -12,7 +12,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from cifar_lab.data import sources
-from cifar_lab.data.augment import build_transform
+from cifar_lab.data.augment import Erasing, build_transform
 from cifar_lab.data.device_loader import NO_AUGMENT, BatchAugment, DeviceLoader
 from cifar_lab.data.image_files import load_images
 from cifar_lab.errors import ConfigError
@@ -54,7 +54,11 @@ class CIFAR10DataModule(L.LightningDataModule):
         pin_memory: page-locked host memory for faster copies to a GPU.
         val_size: training images held out for validation (the test split is never used for it).
         split_seed: seed of the train/val split, independent of the run's seed.
-        augment: training augmentation preset (see ``cifar_lab.data.augment.PRESETS``).
+        augment: training augmentation: a preset name (``none``, ``standard``, ``color``, ``autoaugment``,
+            ``randaugment``, ``trivialaugment``; see ``cifar_lab.data.augment.PRESETS``) or a list of
+            ``torchvision.transforms.v2`` transforms of uint8 images (``class_path``/``init_args`` in YAML).
+        erasing: ``cutout`` (a 16x16 square of the mean colour) or ``random_erasing`` on the normalised
+            training images, after ``augment``; DataLoader path only (the device loader has ``batch_augment.cutout``).
         loader: ``dataloader`` (torchvision transforms per image in worker processes) or ``device``
             (each split held on the training device, augmented a batch at a time: much faster).
         batch_augment: the device loader's augmentation; null means the ``augment`` preset's.
@@ -76,7 +80,8 @@ class CIFAR10DataModule(L.LightningDataModule):
         pin_memory: bool = False,
         val_size: int = 5000,
         split_seed: int = 0,
-        augment: str = "standard",
+        augment: str | list[v2.Transform] = "standard",
+        erasing: Erasing | None = None,
         loader: Literal["dataloader", "device"] = "dataloader",
         batch_augment: BatchAugment | None = None,
         eval_batch_size: int | None = None,
@@ -92,14 +97,26 @@ class CIFAR10DataModule(L.LightningDataModule):
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.save_hyperparameters()
         self.data_dir = Path(data_dir if data_dir is not None else default_data_dir()).expanduser()
-        self.train_transform = build_transform(augment, train=True)
+        self.train_transform = build_transform(augment, train=True, erasing=erasing)
         self.eval_transform = build_transform(augment, train=False)
-        if loader == "device" and batch_augment is None and augment not in BATCH_PRESETS:
-            raise ConfigError(f"augment preset {augment!r} has no device-loader version "
-                              f"({sorted(BATCH_PRESETS)}); set data.batch_augment or use loader: dataloader")
-        self.batch_augment = batch_augment or BATCH_PRESETS.get(augment, NO_AUGMENT)
+        self.batch_augment = self._batch_augment(augment, erasing, batch_augment) if loader == "device" else NO_AUGMENT
         self.datasets: dict[str, ImageArrayDataset] = {}
         self.on_device: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @staticmethod
+    def _batch_augment(augment: str | list[v2.Transform], erasing: Erasing | None,
+                       batch_augment: BatchAugment | None) -> BatchAugment:
+        """The device loader's augmentation: ``batch_augment``, else its version of the ``augment`` preset."""
+        if erasing is not None:
+            raise ConfigError(f"erasing {erasing!r} runs in the DataLoader path only; with loader: device use "
+                              f"data.batch_augment.cutout (e.g. 16), or use loader: dataloader")
+        if batch_augment is not None:
+            return batch_augment
+        if not isinstance(augment, str) or augment not in BATCH_PRESETS:
+            name = repr(augment) if isinstance(augment, str) else "given as a list of transforms"
+            raise ConfigError(f"augment {name} has no device-loader version ({sorted(BATCH_PRESETS)}); "
+                              f"set data.batch_augment or use loader: dataloader")
+        return BATCH_PRESETS[augment]
 
     def prepare_data(self) -> None:
         # Runs on one process per node: the only place that downloads or writes the cache.

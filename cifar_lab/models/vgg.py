@@ -33,31 +33,34 @@ def make_features(config: list[int | str]) -> nn.Sequential:
 
 
 class VGG(nn.Module):
-    def __init__(self, config: list[int | str], num_classes: int = 10) -> None:
+    """``dropout`` acts on the 512 features before the classifier (off by default; no parameters either way)."""
+
+    def __init__(self, config: list[int | str], num_classes: int = 10, dropout: float = 0.0) -> None:
         super().__init__()
         self.features = make_features(config)
+        self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(512, num_classes)
         kaiming_init_(self)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.features(x).flatten(1))
+        return self.classifier(self.dropout(self.features(x).flatten(1)))
 
 
 @register("vgg11")
-def vgg11(num_classes: int = 10) -> VGG:
-    return VGG(CONFIGS["vgg11"], num_classes=num_classes)
+def vgg11(num_classes: int = 10, **kwargs) -> VGG:
+    return VGG(CONFIGS["vgg11"], num_classes=num_classes, **kwargs)
 
 
 @register("vgg13")
-def vgg13(num_classes: int = 10) -> VGG:
-    return VGG(CONFIGS["vgg13"], num_classes=num_classes)
+def vgg13(num_classes: int = 10, **kwargs) -> VGG:
+    return VGG(CONFIGS["vgg13"], num_classes=num_classes, **kwargs)
 
 
 @register("vgg16")
-def vgg16(num_classes: int = 10) -> VGG:
-    return VGG(CONFIGS["vgg16"], num_classes=num_classes)
+def vgg16(num_classes: int = 10, **kwargs) -> VGG:
+    return VGG(CONFIGS["vgg16"], num_classes=num_classes, **kwargs)
 
 
 @register("vgg19")
-def vgg19(num_classes: int = 10) -> VGG:
-    return VGG(CONFIGS["vgg19"], num_classes=num_classes)
+def vgg19(num_classes: int = 10, **kwargs) -> VGG:
+    return VGG(CONFIGS["vgg19"], num_classes=num_classes, **kwargs)
