@@ -2,12 +2,16 @@
 
 Each one turns a mistake into a one-line ``CifarLabError`` before any data is read: a run with zero
 epochs or a non-positive learning rate would "succeed" without learning, and fp16 autocast on the
-CPU would silently run in another precision than the saved config says.
+CPU would silently run in another precision than the saved config says. bf16 on a CPU without bf16
+instructions is allowed but slow, so it gets a warning.
 """
+
+import torch
 
 from jsonargparse import Namespace
 from lightning.pytorch import Trainer
 from lightning.pytorch.accelerators import CPUAccelerator
+from lightning.pytorch.utilities import rank_zero_warn
 
 from cifar_lab.errors import ConfigError
 
@@ -23,10 +27,20 @@ def check_fit_config(config: Namespace) -> None:
         raise ConfigError(f"model.optimizer.init_args.lr must be > 0, got {lr}")
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this x86 CPU computes in bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
 def check_precision(trainer: Trainer, requested: str | int | None) -> None:
     """fp16 autocast needs a GPU; Lightning would quietly switch the CPU to bf16 instead."""
-    if isinstance(trainer.accelerator, CPUAccelerator) and str(requested) in ("16", "16-mixed"):
+    if not isinstance(trainer.accelerator, CPUAccelerator):
+        return
+    if str(requested) in ("16", "16-mixed"):
         raise ConfigError(
             f"trainer.precision={requested} needs a GPU (fp16 autocast does not run on the CPU); on the CPU use "
             f"--trainer.precision bf16-mixed or 32-true"
         )
+    if str(requested) in ("bf16", "bf16-mixed") and not cpu_has_bf16():
+        rank_zero_warn(f"trainer.precision={requested}: this CPU has no bf16 instructions (AVX512-BF16 or AMX), so "
+                       f"bf16 is emulated and usually slower than fp32; --trainer.precision 32-true is faster here")

@@ -67,3 +67,17 @@ def test_benchmark_cpu_recipe_section_times_both_runs_to_the_tutorials_accuracy(
         assert report["ratio_ours_vs_tutorial"] == pytest.approx(first_reaching["train_seconds"]
                                                                  / report["tutorial_seconds"])
     assert "| configs/fast/cpu.yaml | 2 |" in (tmp_path / "benchmark.md").read_text()
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_cpu_without_bf16_instructions_warns_with_the_fix(native: bool, npz_dir: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    recwarn: pytest.WarningsRecorder) -> None:
+    monkeypatch.setattr(sys, "argv", ["cifar-lab"])
+    monkeypatch.setattr("cifar_lab.run_checks.cpu_has_bf16", lambda: native)
+    build_cli(["--trainer.precision", "bf16-mixed", "--trainer.accelerator", "cpu", "--data.data_dir", str(npz_dir),
+               "--trainer.logger", "false"], run=False)
+    messages = [str(w.message) for w in recwarn if "no bf16 instructions" in str(w.message)]
+    assert messages == ([] if native else [
+        "trainer.precision=bf16-mixed: this CPU has no bf16 instructions (AVX512-BF16 or AMX), so bf16 is emulated "
+        "and usually slower than fp32; --trainer.precision 32-true is faster here"])
