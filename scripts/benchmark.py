@@ -316,9 +316,11 @@ def bench_cpu_recipe(args: argparse.Namespace, device: torch.device) -> dict:
 def markdown(report: dict) -> str:
     env, a, b, c = report["environment"], report.get("pipeline"), report.get("overhead"), report.get("accuracy")
     d = report.get("cpu-recipe")
-    lines = [f"Device: {env['device']}; torch {env['torch']}, lightning {env['lightning']}; "
-             f"batch {env['batch_size']}; medians over {env['repeats']} repeats" + (" (quick)" if env["quick"] else ""),
-             "", "| measurement | images/s or value |", "| --- | --- |"]
+    lines = [f"Device: {env['device']}; torch {env['torch']}, lightning {env['lightning']}"
+             + (" (quick)" if env["quick"] else "")]
+    if a or b or c:
+        lines += [f"Sections a-c: batch {env['batch_size']}, medians over {env['repeats']} repeats", "",
+                  "| measurement | images/s or value |", "| --- | --- |"]
     for section in (a, b):
         for key, value in (section or {}).items():
             lines.append(f"| {key} | {value:,.2f} |")
