@@ -234,6 +234,7 @@ def tutorial_curve(args: argparse.Namespace, epochs: int) -> list[dict]:
                                batch_size=args.cpu_batch_size, shuffle=name == "train", num_workers=args.workers,
                                persistent_workers=args.workers > 0)
               for name in ("train", "test")}
+    torch.manual_seed(0)  # the same initial weights and batch order on every run of the benchmark
     model = tutorial_cnn()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     curve, seconds = [], 0.0
