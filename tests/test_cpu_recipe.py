@@ -50,23 +50,29 @@ def test_benchmark_cpu_recipe_section_times_both_runs_to_the_tutorials_accuracy(
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--device", "cpu", "--quick", "--sections",
          "cpu-recipe", "--workers", "0", "--data-dir", str(npz_dir), "--out", str(tmp_path),
-         "--fit-args", "--data.batch_size 32 --data.val_size 50"],
+         "--evals-per-epoch", "2", "--fit-args", "--data.batch_size 32 --data.val_size 50"],
         capture_output=True, text=True, cwd=tmp_path, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((tmp_path / "benchmark.json").read_text())["cpu-recipe"]
     tutorial, ours = report["tutorial_curve"], report["ours_curve"]
-    assert [point["epoch"] for point in tutorial] == [1, 2] and [point["epoch"] for point in ours] == [1, 2]
-    assert 0 < ours[0]["train_seconds"] < ours[1]["train_seconds"]
+    for curve in (tutorial, ours):  # two evaluations an epoch: one mid-epoch, one at its end
+        epochs = [point["epoch"] for point in curve]
+        assert len(epochs) == 4 and 0 < epochs[0] < epochs[1] == 1 < epochs[2] < epochs[3] == 2
+    seconds = [point["train_seconds"] for point in ours]
+    assert 0 < seconds[0] and seconds == sorted(set(seconds))
     assert report["target_test_acc"] == tutorial[-1]["test_acc"]
     first_reaching = next((p for p in ours if p["test_acc"] >= report["target_test_acc"]), None)
     if first_reaching is None:
         assert report["ours_seconds_to_target"] is None and "not reached" in result.stdout
     else:
         assert report["ours_seconds_to_target"] == first_reaching["train_seconds"]
+        tutorial_reaching = next(p for p in tutorial if p["test_acc"] >= report["target_test_acc"])
+        assert report["tutorial_seconds_to_target"] == tutorial_reaching["train_seconds"]
         assert report["ratio_ours_vs_tutorial"] == pytest.approx(first_reaching["train_seconds"]
-                                                                 / report["tutorial_seconds"])
-    assert "| configs/fast/cpu.yaml | 2 |" in (tmp_path / "benchmark.md").read_text()
+                                                                 / tutorial_reaching["train_seconds"])
+    table = (tmp_path / "benchmark.md").read_text()
+    assert "| configs/fast/cpu.yaml | 2 |" in table and "measured 2 times an epoch" in table
 
 
 @pytest.mark.parametrize("native", [True, False])
