@@ -229,11 +229,12 @@ def seconds_to_reach(curve: list[dict], target: float) -> float | None:
 
 
 class AccuracyCurve:
-    """Test accuracy at points of a training run; the evaluations are left out of its training seconds."""
+    """Test accuracy ``evals_per_epoch`` times an epoch of a training run, with the model's test-time
+    augmentation where it has one (``predict_logits``); the evaluations are left out of its training seconds."""
 
-    def __init__(self, name: str, predict: Callable[[torch.Tensor], torch.Tensor], test_batches: Iterable,
-                 model: nn.Module) -> None:
-        self.name, self.predict, self.test_batches, self.model = name, predict, test_batches, model
+    def __init__(self, name: str, model: nn.Module, test_batches: Iterable, evals_per_epoch: int) -> None:
+        self.name, self.model, self.test_batches, self.evals_per_epoch = name, model, test_batches, evals_per_epoch
+        self.predict: Callable[[torch.Tensor], torch.Tensor] = getattr(model, "predict_logits", model)
         self.points: list[dict] = []
         self.start = self.eval_seconds = 0.0
 
@@ -251,9 +252,9 @@ class AccuracyCurve:
         print(f"{self.name} epoch {epoch:.2f}: {self.points[-1]['train_seconds']:.1f} s, test acc {acc:.4f}",
               flush=True)
 
-    def record_if_due(self, batches_done: int, batches_per_epoch: int, epoch: int, evals_per_epoch: int) -> None:
-        """Record after each ``1 / evals_per_epoch`` of an epoch, the epoch's end included."""
-        if batches_done * evals_per_epoch % batches_per_epoch < evals_per_epoch:  # crossed a multiple of 1 / evals
+    def record_if_due(self, batches_done: int, batches_per_epoch: int, epoch: int) -> None:
+        """Record at the first batch past each ``1 / evals_per_epoch`` of an epoch, the epoch's end included."""
+        if batches_done * self.evals_per_epoch % batches_per_epoch < self.evals_per_epoch:
             self.record(epoch + batches_done / batches_per_epoch)
 
 
@@ -269,7 +270,7 @@ def tutorial_curve(args: argparse.Namespace, epochs: int) -> list[dict]:
     model = tutorial_cnn()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     batches = min(len(splits["train"]), args.cpu_limit_batches or len(splits["train"]))
-    curve = AccuracyCurve("tutorial", model, splits["test"], model)
+    curve = AccuracyCurve("tutorial", model, splits["test"], args.evals_per_epoch)
     curve.begin()
     for epoch in range(epochs):
         for step, (images, labels) in enumerate(splits["train"], start=1):
@@ -277,7 +278,7 @@ def tutorial_curve(args: argparse.Namespace, epochs: int) -> list[dict]:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            curve.record_if_due(step, batches, epoch, args.evals_per_epoch)
+            curve.record_if_due(step, batches, epoch)
             if step == batches:
                 break
     return curve.points
@@ -287,14 +288,14 @@ class AccuracyCurveCallback(L.Callback):
     """Feeds an :class:`AccuracyCurve` from a Lightning run, after the other callbacks' batch and epoch
     ends (so Lookahead's averaged weights are the ones evaluated at an epoch's end)."""
 
-    def __init__(self, curve: AccuracyCurve, evals_per_epoch: int) -> None:
-        self.curve, self.evals_per_epoch = curve, evals_per_epoch
+    def __init__(self, curve: AccuracyCurve) -> None:
+        self.curve = curve
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         batches_done, batches = batch_idx + 1, trainer.num_training_batches
         if batches_done < batches:  # the epoch's end is recorded after its validation
-            self.curve.record_if_due(batches_done, batches, trainer.current_epoch, self.evals_per_epoch)
+            self.curve.record_if_due(batches_done, batches, trainer.current_epoch)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.curve.record(trainer.current_epoch + 1)
@@ -312,8 +313,8 @@ def recipe_curve(args: argparse.Namespace) -> tuple[list[dict], float]:
     cli.datamodule.prepare_data()
     cli.datamodule.setup("fit")  # the array file is read outside the timed part, as in section c
     cli.datamodule.trainer = cli.trainer
-    curve = AccuracyCurve("cpu.yaml", cli.model.predict_logits, cli.datamodule.test_dataloader(), cli.model)
-    cli.trainer.callbacks.append(AccuracyCurveCallback(curve, args.evals_per_epoch))
+    curve = AccuracyCurve("cpu.yaml", cli.model, cli.datamodule.test_dataloader(), args.evals_per_epoch)
+    cli.trainer.callbacks.append(AccuracyCurveCallback(curve))
     curve.begin()
     cli.trainer.fit(cli.model, cli.datamodule)
     (metrics,) = cli.trainer.test(cli.model, cli.datamodule, verbose=False)
@@ -375,6 +376,13 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -388,7 +396,7 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=FAST_CONFIG, help="the accuracy runs' recipe")
     parser.add_argument("--precision", default="bf16-mixed", help="the accuracy run's precision on a GPU")
     parser.add_argument("--fit-args", default="", help="extra CLI arguments for the accuracy runs")
-    parser.add_argument("--evals-per-epoch", type=int, default=4,
+    parser.add_argument("--evals-per-epoch", type=positive_int, default=4,
                         help="cpu-recipe: test accuracy this many times an epoch (not timed)")
     args = parser.parse_args()
     args.batch_size = 1024

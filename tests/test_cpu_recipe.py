@@ -1,5 +1,6 @@
 """Laptop mode: the ``threads`` knob and the benchmark's ``cpu-recipe`` section on tiny data."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -73,6 +74,38 @@ def test_benchmark_cpu_recipe_section_times_both_runs_to_the_tutorials_accuracy(
                                                                  / tutorial_reaching["train_seconds"])
     table = (tmp_path / "benchmark.md").read_text()
     assert "| configs/fast/cpu.yaml | 2 |" in table and "measured 2 times an epoch" in table
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("benchmark", ROOT / "scripts" / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_accuracy_curve_evaluates_on_its_grid_and_leaves_evaluation_off_the_clock(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    benchmark = load_benchmark()
+    clock = [0.0]
+    monkeypatch.setattr(benchmark.time, "perf_counter", lambda: clock[0])
+
+    class Model(torch.nn.Module):  # predicts class 0; each evaluation costs 100 "seconds"
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            clock[0] += 50.0
+            return torch.nn.functional.one_hot(torch.zeros(len(images), dtype=torch.long), 10).float()
+
+    test_batches = [(torch.zeros(4, 3, 32, 32), torch.tensor([0, 0, 0, 1]))] * 2
+    curve = benchmark.AccuracyCurve("fake", Model(), test_batches, evals_per_epoch=4)
+    curve.begin()
+    for epoch in range(2):
+        for batch in range(1, 11):  # each training batch costs 1 "second"
+            clock[0] += 1.0
+            curve.record_if_due(batch, 10, epoch)
+    # the first batch past each quarter of a 10-batch epoch: 3, 5, 8 and 10
+    assert [point["epoch"] for point in curve.points] == [0.3, 0.5, 0.8, 1.0, 1.3, 1.5, 1.8, 2.0]
+    assert [point["train_seconds"] for point in curve.points] == [3, 5, 8, 10, 13, 15, 18, 20]
+    assert all(point["test_acc"] == 0.75 for point in curve.points)
+    assert curve.model.training  # back in train mode after each evaluation
 
 
 @pytest.mark.parametrize("native", [True, False])
