@@ -5,6 +5,8 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import read_scalars
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from cifar_lab.data import CIFAR10DataModule
 from cifar_lab.module import ImageClassifier, accuracy_metrics
@@ -39,6 +41,50 @@ def test_overfits_a_tiny_training_set(npz_dir: Path) -> None:
     assert trainer.callback_metrics["train/acc"] >= 0.95
     assert trainer.callback_metrics["train/loss_epoch"] < 0.3
 
+
+
+class LogsEveryStep(ImageClassifier):
+    """The usual Lightning way: every training step logs its loss and metrics (the reference for what is written)."""
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        logits = self(images)
+        loss = torch.nn.functional.cross_entropy(logits, targets)
+        self.train_metrics.update(logits, targets)
+        self.log("train/loss", loss, on_step=True, on_epoch=True)
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        pass
+
+
+def test_training_writes_the_same_scalars_as_logging_every_step(npz_dir: Path, tmp_path: Path) -> None:
+    written = {}
+    for module in (ImageClassifier, LogsEveryStep):
+        L.seed_everything(0)
+        dm = CIFAR10DataModule(str(npz_dir), download=False, batch_size=24, num_workers=0, val_size=50)
+        logger = TensorBoardLogger(tmp_path, name=module.__name__)
+        trainer = tiny_trainer(max_epochs=2, limit_train_batches=5, limit_val_batches=0, log_every_n_steps=2,
+                               logger=logger)
+        trainer.fit(module("simple_cnn", backbone_kwargs={"dropout": 0.0}), dm)
+        written[module] = {tag: read_scalars(logger.log_dir, tag) for tag in ("train/loss_step", "train/loss_epoch",
+                                                                             "train/acc")}
+    ours, reference = written[ImageClassifier], written[LogsEveryStep]
+    assert list(ours["train/loss_step"]) == list(reference["train/loss_step"]) == [1, 3, 5, 7, 9]
+    for tag, values in reference.items():
+        assert ours[tag] == pytest.approx(values, rel=1e-5), tag
+    assert len(ours["train/loss_epoch"]) == len(ours["train/acc"]) == 2
+
+
+@pytest.mark.parametrize("progress_bar", [False, True])
+def test_the_step_loss_reaches_the_progress_bar_only_when_one_is_shown(npz_dir: Path, progress_bar: bool) -> None:
+    """Lightning reads progress-bar values back to the host after every step: a device sync."""
+    dm = CIFAR10DataModule(str(npz_dir), download=False, batch_size=32, num_workers=0, val_size=50)
+    trainer = tiny_trainer(max_steps=3, limit_val_batches=0, log_every_n_steps=3, enable_progress_bar=progress_bar)
+    trainer.fit(ImageClassifier("simple_cnn"), dm)
+    assert ("train/loss_step" in trainer.progress_bar_metrics) is progress_bar
+    assert "train/loss_step" in trainer.callback_metrics
 
 def test_accuracy_metrics_match_hand_computed_values() -> None:
     metrics = accuracy_metrics(10, "val/")
