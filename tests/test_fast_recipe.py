@@ -2,6 +2,7 @@
 the piecewise-linear schedule and channels_last."""
 
 from functools import partial
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -13,6 +14,7 @@ from cifar_lab.models import create
 from cifar_lab.module import ImageClassifier
 from cifar_lab.optim import apply_group_scales, parameter_groups
 from cifar_lab.schedules import PiecewiseLinearLR
+from tests.test_cpu_recipe import load_benchmark
 
 
 def test_patch_whitening_decorrelates_the_first_layer() -> None:
@@ -106,3 +108,16 @@ def test_channels_last_backbone_gives_the_same_logits() -> None:
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         torch.testing.assert_close(fast(images), plain(images), atol=1e-5, rtol=1e-4)
+
+
+def test_benchmark_overhead_section_compares_lightning_with_the_plain_loop(
+        npz_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CIFAR_LAB_DATA", str(npz_dir))  # the CLI's DataModule checks its data dir at fit
+    benchmark = load_benchmark()
+    args = SimpleNamespace(batch_size=8, overhead_steps=3, repeats=1, data_dir=str(npz_dir), scratch=str(tmp_path))
+    result = benchmark.bench_overhead(args, torch.device("cpu"))
+    assert result["plain_loop"] > 0 and result["lightning"] > 0
+    assert result["ratio_lightning_vs_plain"] == pytest.approx(result["lightning"] / result["plain_loop"])
+    ms_per_step = {loop: 1e3 * 8 / result[loop] for loop in ("plain_loop", "lightning")}
+    assert result["lightning_extra_ms_per_step"] == pytest.approx(ms_per_step["lightning"] - ms_per_step["plain_loop"])
+    assert "lightning_host_syncs_per_step" not in result  # counted on CUDA only
