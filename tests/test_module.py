@@ -5,12 +5,12 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import read_scalars
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from cifar_lab.data import CIFAR10DataModule
 from cifar_lab.module import ImageClassifier, accuracy_metrics
 from cifar_lab.schedules import WarmupCosineLR, build_scheduler
+from tests.conftest import read_scalars
 
 
 def tiny_trainer(**kwargs) -> L.Trainer:
@@ -40,7 +40,6 @@ def test_overfits_a_tiny_training_set(npz_dir: Path) -> None:
     trainer.fit(model, dm)
     assert trainer.callback_metrics["train/acc"] >= 0.95
     assert trainer.callback_metrics["train/loss_epoch"] < 0.3
-
 
 
 class LogsEveryStep(ImageClassifier):
@@ -85,6 +84,7 @@ def test_the_step_loss_reaches_the_progress_bar_only_when_one_is_shown(npz_dir: 
     trainer.fit(ImageClassifier("simple_cnn"), dm)
     assert ("train/loss_step" in trainer.progress_bar_metrics) is progress_bar
     assert "train/loss_step" in trainer.callback_metrics
+
 
 def test_accuracy_metrics_match_hand_computed_values() -> None:
     metrics = accuracy_metrics(10, "val/")
