@@ -138,15 +138,19 @@ def bench_overhead(args: argparse.Namespace, device: torch.device) -> dict:
         cli.datamodule.trainer = cli.trainer
         return cli
 
-    def ours(count_syncs: bool = False) -> tuple[int, float]:
+    def fit_ours(count_syncs: bool = False) -> tuple[StepTimer, int]:
+        """The timer of one Lightning run and the host-device syncs torch warned about in it."""
         cli = configured()
         timer = StepTimer(warmup, count_syncs)
         cli.trainer.callbacks.append(timer)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             cli.trainer.fit(cli.model, cli.datamodule)
-        syncs = sum("synchronizing" in str(w.message) for w in caught)
-        return steps * args.batch_size, syncs if count_syncs else timer.seconds
+        return timer, sum("synchronizing" in str(w.message) for w in caught)
+
+    def ours() -> tuple[int, float]:
+        timer, _ = fit_ours()
+        return steps * args.batch_size, timer.seconds
 
     def plain() -> tuple[int, float]:
         loader = configured().datamodule.train_dataloader()  # the same loader settings as ours
@@ -176,8 +180,8 @@ def bench_overhead(args: argparse.Namespace, device: torch.device) -> dict:
     # The host time Lightning adds to a step; a GPU hides it only while it stays below the GPU's step time.
     results["lightning_extra_ms_per_step"] = 1e3 * args.batch_size * (1 / results["lightning"] - 1 / results["plain_loop"])
     if device.type == "cuda":  # each sync makes the host wait for the GPU, so host and GPU time add up
-        images, syncs = ours(count_syncs=True)
-        results["lightning_host_syncs_per_step"] = syncs * args.batch_size / images
+        _, syncs = fit_ours(count_syncs=True)
+        results["lightning_host_syncs_per_step"] = syncs / steps
     return results
 
 
