@@ -29,10 +29,6 @@ class WeightsNotFoundError(CifarLabError, FileNotFoundError):
     """A local weights file named in a config is not there (weights are never downloaded)."""
 
 
-class ModelFileError(CifarLabError):
-    """A checkpoint or pretrained weights file is missing or does not hold what it should."""
-
-
 class DownloadError(CifarLabError, OSError):
     """CIFAR-10 could not be downloaded: the data folder is not writable or the network failed."""
 
@@ -43,3 +39,15 @@ class CheckpointError(CifarLabError, ValueError):
 
 class TrainingDivergedError(CifarLabError, ArithmeticError):
     """The loss or the weights became NaN or infinite; training on would only spread them."""
+
+
+class RunNotFoundError(CifarLabError, FileNotFoundError):
+    """A path given as a run folder does not exist or holds no TensorBoard event files."""
+
+
+class ExperimentFailedError(CifarLabError):
+    """A fit or test command of a suite ended with an error; the suite stops there."""
+
+
+class ExportMismatchError(CifarLabError):
+    """The exported model's outputs differ from the PyTorch model's."""

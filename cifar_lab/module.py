@@ -1,5 +1,6 @@
 """ImageClassifier: any registered backbone + cross-entropy + injected optimizer/schedule + metrics."""
 
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -10,7 +11,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from cifar_lab.checkpoint_io import check_state_dict_fits
+from cifar_lab.checkpoint_io import check_state_dict_fits, load_checkpoint_file
 from cifar_lab.data.augment import batch_mix
 from cifar_lab.models import create
 from cifar_lab.optim import apply_group_scales, parameter_groups
@@ -198,3 +199,17 @@ class ImageClassifier(L.LightningModule):
         length = self.trainer.estimated_stepping_batches if interval == "step" else self.trainer.max_epochs
         scheduler = build_scheduler(self.lr_scheduler, optimizer, int(length))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+
+
+def load_classifier(ckpt_path: str | Path) -> ImageClassifier:
+    """A checkpoint's model in eval mode on the CPU, for inference (``export``, ``visualize``).
+
+    The file is read by ``load_checkpoint_file`` (``weights_only=True``), as ``test`` and ``predict`` read it
+    through the CLI's checkpoint IO; keys that LightningCLI adds for its own re-instantiation start with ``_``.
+    """
+    checkpoint = load_checkpoint_file(ckpt_path)
+    saved = checkpoint.get("hyper_parameters") or {}
+    model = ImageClassifier(**{key: value for key, value in saved.items() if not key.startswith("_")})
+    model.on_load_checkpoint(checkpoint)
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval()

@@ -8,9 +8,15 @@ import torch
 from torchvision import tv_tensors
 
 from cifar_lab.cli import build_cli
-from cifar_lab.data.augment import CIFAR10_MEAN, CIFAR10_STD, PRESETS, batch_mix, build_transform
+from cifar_lab.data.augment import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    PRESETS,
+    batch_mix,
+    build_transform,
+)
 from cifar_lab.errors import ConfigError
-from tests.conftest import make_images
+from tests.helpers import make_images
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 IMAGE = tv_tensors.Image(torch.from_numpy(make_images(1, seed=3)[0][0]).permute(2, 0, 1).contiguous())

@@ -13,15 +13,14 @@ import pytest
 import torch
 
 from cifar_lab.module import ImageClassifier
-from tests.conftest import write_batches, write_npz
-from tests.test_cli import SMOKE, _one_line_error, cifar_lab
+from tests.helpers import SMOKE, cifar_lab, one_line_error, write_batches, write_npz
 
 
 def fails_with(tmp_path: Path, data_dir: Path, *args: str, subcommand: str = "fit") -> str:
     """Run the CLI; return its one error line (asserting exit code 1 and no traceback)."""
     result = cifar_lab(subcommand, *SMOKE, *args, cwd=tmp_path, data_dir=data_dir)
     assert result.returncode == 1, result.stderr[-3000:]
-    return _one_line_error(result)
+    return one_line_error(result)
 
 
 @pytest.mark.parametrize(

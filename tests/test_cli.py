@@ -1,7 +1,5 @@
 """The CLI end to end, in subprocesses, as a user runs it."""
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -9,24 +7,7 @@ import pytest
 import yaml
 
 from cifar_lab.cli import build_cli
-
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
-TINY_DATA = ["--data.val_size", "50", "--data.batch_size", "32", "--data.num_workers", "0"]
-SMOKE = ["--config", str(CONFIGS / "simple_cnn.yaml"), "--config", str(CONFIGS / "trainer/cpu.yaml"),
-         "--config", str(CONFIGS / "trainer/smoke.yaml"), *TINY_DATA]
-
-
-def cli_env(data_dir: Path, env: dict | None = None) -> dict:
-    # PYTHONPATH: run the code of this checkout, whatever copy of cifar_lab is installed.
-    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    return {**os.environ, "CIFAR_LAB_DATA": str(data_dir), "PYTHONPATH": pythonpath, **(env or {})}
-
-
-def cifar_lab(*args: str, cwd: Path, data_dir: Path, env: dict | None = None,
-              module: str = "cifar_lab") -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=cli_env(data_dir, env),
-                          capture_output=True, text=True, timeout=300)
+from tests.helpers import SMOKE, cifar_lab, one_line_error
 
 
 @pytest.fixture(scope="module")
@@ -67,24 +48,16 @@ def test_fit_runs_in_bf16_mixed_precision_on_the_cpu(npz_dir: Path, tmp_path: Pa
     assert (tmp_path / "runs" / "resnet18" / "version_0" / "checkpoints" / "last.ckpt").is_file()
 
 
-def _one_line_error(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("cifar-lab: error:")]
-    assert len(lines) == 1, result.stderr[-3000:]
-    return lines[0]
-
-
-def test_unknown_backbone_is_a_one_line_error(npz_dir: Path, tmp_path: Path) -> None:
+def test_unknown_backbone_is_aone_line_error(npz_dir: Path, tmp_path: Path) -> None:
     result = cifar_lab("fit", *SMOKE, "--model.backbone", "resnet19", cwd=tmp_path, data_dir=npz_dir)
-    line = _one_line_error(result)
+    line = one_line_error(result)
     assert "unknown backbone 'resnet19'" in line and "simple_cnn" in line and "resnet18" in line
 
 
-def test_missing_data_without_download_is_a_one_line_error(tmp_path: Path) -> None:
+def test_missing_data_without_download_is_aone_line_error(tmp_path: Path) -> None:
     missing = tmp_path / "no_data"
     result = cifar_lab("fit", *SMOKE, "--data.download", "false", cwd=tmp_path, data_dir=missing)
-    line = _one_line_error(result)
+    line = one_line_error(result)
     assert str(missing / "cifar10.npz") in line and "download" in line
 
 
@@ -107,7 +80,7 @@ def test_models_command_prints_parameters_and_mflops(tmp_path: Path) -> None:
 
 def test_python_m_cifar_lab_models_suggests_the_closest_name(tmp_path: Path) -> None:
     result = cifar_lab("resnet19", cwd=tmp_path, data_dir=tmp_path, module="cifar_lab.models")
-    line = _one_line_error(result)
+    line = one_line_error(result)
     assert "unknown backbone 'resnet19' (did you mean 'resnet18'?)" in line and "vgg16" in line
 
 

@@ -15,7 +15,7 @@ import torchvision
 import yaml
 
 from cifar_lab.cli import build_cli
-from cifar_lab.experiments import Suite, fit_command, load_suite, suite_names
+from cifar_lab.tools.experiment import Suite, fit_command, load_suite, suite_names
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 EXPERIMENTS = CONFIGS / "experiments"

@@ -1,6 +1,5 @@
 """Laptop mode: the ``threads`` knob and the benchmark's ``cpu-recipe`` section on tiny data."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,6 +10,7 @@ import pytest
 import torch
 
 from cifar_lab.cli import build_cli, main
+from tests.helpers import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ def test_threads_left_null_keep_torchs_default(npz_dir: Path, tmp_path: Path, re
     assert torch.get_num_threads() == restore_threads
 
 
-def test_zero_threads_is_a_one_line_error(npz_dir: Path, restore_threads: int,
+def test_zero_threads_is_aone_line_error(npz_dir: Path, restore_threads: int,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--threads", "0", "--data.data_dir", str(npz_dir)])
@@ -76,13 +76,6 @@ def test_benchmark_cpu_recipe_section_times_both_runs_to_the_tutorials_accuracy(
     assert "| configs/fast/cpu.yaml | 2 |" in table and "measured 2 times an epoch" in table
 
 
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("benchmark", ROOT / "scripts" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_accuracy_curve_evaluates_on_its_grid_and_leaves_evaluation_off_the_clock(
         monkeypatch: pytest.MonkeyPatch) -> None:
     benchmark = load_benchmark()
@@ -113,7 +106,7 @@ def test_bf16_on_a_cpu_without_bf16_instructions_warns_with_the_fix(native: bool
                                                                     monkeypatch: pytest.MonkeyPatch,
                                                                     recwarn: pytest.WarningsRecorder) -> None:
     monkeypatch.setattr(sys, "argv", ["cifar-lab"])
-    monkeypatch.setattr("cifar_lab.run_checks.cpu_has_bf16", lambda: native)
+    monkeypatch.setattr("cifar_lab.cli.checks.cpu_has_bf16", lambda: native)
     build_cli(["--trainer.precision", "bf16-mixed", "--trainer.accelerator", "cpu", "--data.data_dir", str(npz_dir),
                "--trainer.logger", "false"], run=False)
     messages = [str(w.message) for w in recwarn if "no bf16 instructions" in str(w.message)]

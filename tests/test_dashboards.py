@@ -14,16 +14,16 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
-from test_cli import ROOT, SMOKE, cifar_lab
 from torch import nn
 
 from cifar_lab.callbacks import FigureLogger
 from cifar_lab.cli import main
 from cifar_lab.errors import ConfigError
 from cifar_lab.models import create
-from cifar_lab.runs import RunNotFoundError, load_run
-from cifar_lab.tables import markdown_table
-from cifar_lab.visualize import grad_cam, visualize
+from cifar_lab.reporting.runs import RunNotFoundError, load_run
+from cifar_lab.reporting.tables import markdown_table
+from cifar_lab.tools.visualize import grad_cam, visualize
+from tests.helpers import ROOT, SMOKE, cifar_lab
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 NARROW = ["--model.backbone_kwargs", '{"widths": [8, 16]}']
@@ -130,7 +130,7 @@ def test_compare_writes_a_table_matching_the_event_files(runs: Path) -> None:
     assert_png(runs / "cmp" / "comparison.png", min_side=200)
 
 
-def test_compare_without_any_run_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_compare_without_any_run_is_aone_line_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "not_a_run").mkdir()
     with pytest.raises(SystemExit) as exit_info:
         main(["compare", str(tmp_path / "not_a_run"), "--out", str(tmp_path / "cmp")])

@@ -5,8 +5,7 @@ from pathlib import Path
 import pytest
 
 from cifar_lab.cli import main
-from tests.conftest import TEST_SIZE, read_scalars
-from tests.test_cli import SMOKE, cifar_lab
+from tests.helpers import SMOKE, TEST_SIZE, cifar_lab, read_scalars
 
 DDP = [*SMOKE, "--config", str(Path(__file__).resolve().parents[1] / "configs/trainer/ddp_cpu.yaml"),
        "--data.batch_size", "16", "--trainer.limit_test_batches", "1.0"]

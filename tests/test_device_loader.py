@@ -8,7 +8,13 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from cifar_lab.data import CIFAR10DataModule
-from cifar_lab.data.device_loader import BatchAugment, DeviceLoader, ShardedOrder, cutout, random_crop
+from cifar_lab.data.device_loader import (
+    BatchAugment,
+    DeviceLoader,
+    ShardedOrder,
+    cutout,
+    random_crop,
+)
 
 
 def identity_loader(n: int = 103, batch_size: int = 10, **kwargs) -> DeviceLoader:

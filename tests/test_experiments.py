@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from cifar_lab.cli import build_cli, main
-from cifar_lab.experiments import load_suite, run_suite
-from tests.test_cli import cli_env
+from cifar_lab.tools.experiment import load_suite, run_suite
+from tests.helpers import cli_env
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "configs" / "experiments"
@@ -45,7 +45,7 @@ def test_dry_run_prints_every_command_and_runs_nothing(tmp_path: Path, monkeypat
         "runs/experiments/batchnorm/simple_cnn/version_0"]
 
 
-def test_unknown_suite_is_a_one_line_error_listing_the_suites(capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_suite_is_aone_line_error_listing_the_suites(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["experiment", "dropout", "--configs", str(EXPERIMENTS)])
     assert exit_info.value.code == 1

@@ -7,12 +7,12 @@ import onnxruntime
 import pytest
 import torch
 
-from cifar_lab import export as export_module
+from cifar_lab.tools import export as export_module
 from cifar_lab.data.augment import build_transform
-from cifar_lab.errors import ConfigError, ModelFileError
-from cifar_lab.export import export
+from cifar_lab.errors import CheckpointError, ConfigError, ExportMismatchError
 from cifar_lab.module import ImageClassifier
-from test_cli import _one_line_error, cifar_lab
+from cifar_lab.tools.export import export
+from tests.helpers import cifar_lab, one_line_error
 
 
 def pytorch_logits(checkpoint: Path, images: torch.Tensor) -> np.ndarray:
@@ -61,7 +61,7 @@ def test_torchscript_export_matches_pytorch(checkpoint: Path, npz_dir: Path, tmp
 def test_export_stops_when_outputs_differ(checkpoint: Path, npz_dir: Path, tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(export_module, "TOLERANCE", -1.0)
-    with pytest.raises(export_module.ExportMismatchError, match="differ from PyTorch"):
+    with pytest.raises(ExportMismatchError, match="differ from PyTorch"):
         export(str(checkpoint), str(tmp_path / "model.pt"), format="torchscript", data_dir=str(npz_dir))
 
 
@@ -70,11 +70,11 @@ def test_bad_export_requests_are_clear_errors(checkpoint: Path, npz_dir: Path, t
         export(str(checkpoint), str(tmp_path / "m.pt"), format="torchscript", quantize="dynamic", data_dir=str(npz_dir))
     not_a_checkpoint = tmp_path / "notes.ckpt"
     not_a_checkpoint.write_text("hello")
-    with pytest.raises(ModelFileError, match="not a cifar-lab checkpoint"):
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
         export(str(not_a_checkpoint), str(tmp_path / "m.onnx"), data_dir=str(npz_dir))
 
 
 def test_cli_export_subcommand_reports_a_missing_checkpoint_in_one_line(npz_dir: Path, tmp_path: Path) -> None:
     result = cifar_lab("export", "--ckpt_path", "missing.ckpt", "--format", "onnx", "--out", "m.onnx",
                        cwd=tmp_path, data_dir=npz_dir)
-    assert "checkpoint 'missing.ckpt' not found" in _one_line_error(result)
+    assert "checkpoint missing.ckpt does not exist" in one_line_error(result)

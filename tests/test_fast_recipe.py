@@ -14,7 +14,7 @@ from cifar_lab.models import create
 from cifar_lab.module import ImageClassifier
 from cifar_lab.optim import apply_group_scales, parameter_groups
 from cifar_lab.schedules import PiecewiseLinearLR
-from tests.test_cpu_recipe import load_benchmark
+from tests.helpers import load_benchmark
 
 
 def test_patch_whitening_decorrelates_the_first_layer() -> None:

@@ -8,12 +8,12 @@ import pytest
 import torch
 from torchvision.models import resnet18
 
+from cifar_lab.callbacks.finetune import HeadFirstFinetuning
 from cifar_lab.data import CIFAR10DataModule
 from cifar_lab.errors import ConfigError, UnknownBackboneError, WeightsNotFoundError
-from cifar_lab.finetune import HeadFirstFinetuning
 from cifar_lab.models import create
 from cifar_lab.module import ImageClassifier
-from test_module import tiny_trainer
+from tests.helpers import tiny_trainer
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from cifar_lab.data import CIFAR10DataModule
 from cifar_lab.module import ImageClassifier, accuracy_metrics
 from cifar_lab.schedules import WarmupCosineLR, build_scheduler
-from tests.conftest import read_scalars
-
-
-def tiny_trainer(**kwargs) -> L.Trainer:
-    options = {"accelerator": "cpu", "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
-               "enable_model_summary": False}
-    return L.Trainer(**{**options, **kwargs})
+from tests.helpers import read_scalars, tiny_trainer
 
 
 def test_one_sgd_step_lowers_the_loss_on_a_fixed_batch() -> None:

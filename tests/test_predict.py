@@ -8,12 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
+from cifar_lab.callbacks.prediction_writer import CSV_COLUMNS
 from cifar_lab.data.augment import build_transform
 from cifar_lab.data.image_files import find_images, load_image, load_images
 from cifar_lab.errors import DataFormatError, DataNotFoundError
 from cifar_lab.module import ImageClassifier
-from cifar_lab.prediction_writer import CSV_COLUMNS
-from test_cli import cifar_lab
+from tests.helpers import cifar_lab
 
 # (file name, PIL mode, width, height): every mode the issue names, JPEG and PNG, odd sizes.
 IMAGES = [("rgb.png", "RGB", 50, 40), ("rgba.png", "RGBA", 20, 20), ("grey.jpg", "L", 64, 64),

@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import Callback, StochasticWeightAveraging
 from cifar_lab.cli import build_cli
 from cifar_lab.data import CIFAR10DataModule
 from cifar_lab.module import ImageClassifier
-from tests.test_module import tiny_trainer
+from tests.helpers import tiny_trainer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -10,8 +10,14 @@ import torch
 import yaml
 
 from cifar_lab.cli import main
-from tests.conftest import read_scalars
-from tests.test_cli import CONFIGS, TINY_DATA, _one_line_error, cifar_lab, cli_env
+from tests.helpers import (
+    CONFIGS,
+    TINY_DATA,
+    cifar_lab,
+    cli_env,
+    one_line_error,
+    read_scalars,
+)
 
 EPOCHS = 3
 RUN = ["--config", str(CONFIGS / "simple_cnn.yaml"), "--config", str(CONFIGS / "trainer/cpu.yaml"), *TINY_DATA,
@@ -89,7 +95,7 @@ def diverged(npz_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
 
 def test_diverging_run_stops_naming_the_step_and_the_last_good_checkpoint(diverged) -> None:
     run, result = diverged
-    line = _one_line_error(result)
+    line = one_line_error(result)
     last = run.resolve() / "checkpoints" / "last.ckpt"
     assert "training diverged" in line and " at step " in line
     assert f"Last good checkpoint: {last.relative_to(run.parents[2])}" in line or str(last) in line

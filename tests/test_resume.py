@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cifar_lab.cli.resume import expand_resume
 from cifar_lab.errors import ConfigError
-from cifar_lab.resume import expand_resume
 
 
 def _saved_run(root: Path) -> Path:

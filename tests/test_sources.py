@@ -7,8 +7,13 @@ import pytest
 import torchvision
 
 from cifar_lab.data import sources
-from cifar_lab.errors import ChecksumError, DataFormatError, DataNotFoundError, DownloadError
-from tests.conftest import TEST_SIZE, TRAIN_PER_BATCH, make_images, write_npz
+from cifar_lab.errors import (
+    ChecksumError,
+    DataFormatError,
+    DataNotFoundError,
+    DownloadError,
+)
+from tests.helpers import TEST_SIZE, TRAIN_PER_BATCH, make_images, write_npz
 
 
 def test_batches_are_read_once_into_an_array_cache(batches_dir: Path) -> None:

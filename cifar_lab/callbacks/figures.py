@@ -10,8 +10,14 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from cifar_lab.callbacks.hparams import tensorboard_loggers
 from cifar_lab.errors import ConfigError
-from cifar_lab.plots import (confusion_matrix_figure, denormalize, filter_grid, first_conv,
-                             per_class_accuracy_figure, prediction_grid_figure)
+from cifar_lab.reporting.plots import (
+    confusion_matrix_figure,
+    denormalize,
+    filter_grid,
+    first_conv,
+    per_class_accuracy_figure,
+    prediction_grid_figure,
+)
 
 
 class FigureLogger(Callback):

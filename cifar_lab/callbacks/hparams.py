@@ -9,7 +9,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from cifar_lab.runs import hyperparameters
+from cifar_lab.reporting.runs import hyperparameters
 
 HP_METRIC = "hp_metric"
 

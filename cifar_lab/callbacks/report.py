@@ -6,9 +6,9 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from cifar_lab.callbacks.hparams import tensorboard_loggers
-from cifar_lab.plots import runs_figure
-from cifar_lab.runs import load_run
-from cifar_lab.tables import markdown_table
+from cifar_lab.reporting.plots import runs_figure
+from cifar_lab.reporting.runs import load_run
+from cifar_lab.reporting.tables import markdown_table
 
 CURVES_FILE = "curves.png"
 PER_CLASS_FILE = "per_class_accuracy.md"

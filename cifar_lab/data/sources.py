@@ -19,7 +19,12 @@ from pathlib import Path
 import numpy as np
 from torchvision.datasets import CIFAR10
 
-from cifar_lab.errors import ChecksumError, DataFormatError, DataNotFoundError, DownloadError
+from cifar_lab.errors import (
+    ChecksumError,
+    DataFormatError,
+    DataNotFoundError,
+    DownloadError,
+)
 
 ARRAY_FILE = "cifar10.npz"
 IMAGE_SHAPE = (32, 32, 3)

@@ -3,14 +3,20 @@
 from cifar_lab.models import (  # noqa: F401  (registers the backbones)
     airbench,
     densenet,
-    fast,
     mobilenet,
     resnet,
+    resnet9,
     senet,
     simple,
     torchvision,
     vgg,
 )
-from cifar_lab.models.registry import available, create, families, register, register_family
+from cifar_lab.models.registry import (
+    available,
+    create,
+    families,
+    register,
+    register_family,
+)
 
 __all__ = ["available", "create", "families", "register", "register_family"]

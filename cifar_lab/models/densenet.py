@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from cifar_lab.models.layers import kaiming_init_
+from cifar_lab.models.initialization import kaiming_init_
 from cifar_lab.models.registry import register
 
 

@@ -11,7 +11,7 @@ from typing import NamedTuple
 from torch import Tensor, nn
 from torchvision.ops import Conv2dNormActivation, SqueezeExcitation
 
-from cifar_lab.models.layers import kaiming_init_
+from cifar_lab.models.initialization import kaiming_init_
 from cifar_lab.models.registry import register
 
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 from torchvision.ops import Conv2dNormActivation
 
-from cifar_lab.models.layers import kaiming_init_
+from cifar_lab.models.initialization import kaiming_init_
 from cifar_lab.models.registry import register
 
 

@@ -7,7 +7,7 @@ EfficientNet, RegNet, ShuffleNet, ...). ``weights`` names a local ``state_dict``
 download: tensors whose shape changed (the new classifier, the new stem) keep their fresh
 initialisation and are reported in a warning. That is transfer learning from ImageNet weights:
 ``weights`` + ``input_size`` (the input upsampled, e.g. to 64, for an ImageNet stem; see
-``cifar_lab.finetune`` for training the new head first).
+``cifar_lab.callbacks.finetune`` for training the new head first).
 """
 
 import pickle

@@ -6,7 +6,7 @@ instead of ImageNet's 4096-wide MLP (VGG16: 14,728,266 parameters for 10 classes
 
 from torch import Tensor, nn
 
-from cifar_lab.models.layers import kaiming_init_
+from cifar_lab.models.initialization import kaiming_init_
 from cifar_lab.models.registry import register
 
 # Output channels of each 3x3 conv; "M" is a 2x2 max-pool (torchvision's configurations A/B/D/E).

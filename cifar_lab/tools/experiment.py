@@ -22,19 +22,15 @@ from pathlib import Path
 
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from cifar_lab.compare import compare
-from cifar_lab.errors import CifarLabError, ConfigError
-from cifar_lab.runs import CONFIG_FILE, RUNS_DIR
+from cifar_lab.errors import ConfigError, ExperimentFailedError
+from cifar_lab.reporting.runs import CONFIG_FILE, RUNS_DIR
+from cifar_lab.tools.compare import compare
 
 BASE = "base.yaml"
 CONFIGS_DIR = Path("configs") / "experiments"
 EXPERIMENT_RUNS = Path(RUNS_DIR) / "experiments"
 RESULTS_DIR = Path("results")
 PROGRAM = "cifar-lab"
-
-
-class ExperimentFailedError(CifarLabError):
-    """A fit or test command of a suite ended with an error; the suite stops there."""
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ import sys
 import warnings
 
 import torch
-
 from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -20,8 +19,8 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
-from cifar_lab import compare, experiments, visualize
 from cifar_lab.callbacks import (
+    CSVPredictionWriter,
     EpochSpeed,
     FigureLogger,
     HpMetric,
@@ -31,25 +30,16 @@ from cifar_lab.callbacks import (
     SaveConfigAsHparams,
 )
 from cifar_lab.checkpoint_io import AtomicCheckpointIO, load_checkpoint_file
+from cifar_lab.cli.checks import check_fit_config, check_precision
+from cifar_lab.cli.resume import expand_resume
 from cifar_lab.data import CIFAR10DataModule
 from cifar_lab.errors import CifarLabError, ConfigError
-from cifar_lab.export import main as export_main
-from cifar_lab.models import summary
 from cifar_lab.module import ImageClassifier
-from cifar_lab.prediction_writer import CSVPredictionWriter
-from cifar_lab.resume import expand_resume
-from cifar_lab.run_checks import check_fit_config, check_precision
-from cifar_lab.runs import RUNS_DIR, run_folder_of
+from cifar_lab.reporting.runs import RUNS_DIR, run_folder_of
+from cifar_lab.tools import TOOLS, tool_main
 
 DEBUG_ENV = "CIFAR_LAB_DEBUG"
 CKPT_ALIASES = {"last", "best", "hpc"}  # ckpt_path values Lightning resolves itself
-TOOLS = {  # `cifar-lab <tool> ...`, handled before LightningCLI parses
-    "compare": compare.main,
-    "visualize": visualize.main,
-    "models": summary.main,
-    "export": export_main,
-    "experiment": experiments.main,
-}
 
 
 class CifarLabCLI(LightningCLI):
@@ -170,7 +160,7 @@ def main(args: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", r"`torch\.jit\.trace", FutureWarning)
     try:
         if argv and argv[0] in TOOLS:
-            TOOLS[argv[0]](argv[1:])
+            tool_main(argv[0])(argv[1:])
         else:
             build_cli(args)
     except (CifarLabError, ArgumentError, MisconfigurationException) as err:

@@ -11,9 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator, ScalarEvent
+from tensorboard.backend.event_processing.event_accumulator import (
+    SCALARS,
+    EventAccumulator,
+    ScalarEvent,
+)
 
-from cifar_lab.errors import CifarLabError
+from cifar_lab.errors import RunNotFoundError
 
 RUNS_DIR = "runs"  # where ``fit`` logs by default, relative to the working folder
 CONFIG_FILE = "config.yaml"
@@ -21,10 +25,6 @@ EVENTS_GLOB = "events.out.tfevents.*"
 GLOB_CHARS = "*?["
 HYPERPARAMETER_SECTIONS = ("seed_everything", "model", "data")
 TRAINER_HYPERPARAMETERS = ("max_epochs", "precision", "accumulate_grad_batches", "gradient_clip_val")
-
-
-class RunNotFoundError(CifarLabError, FileNotFoundError):
-    """A path given as a run folder does not exist or holds no TensorBoard event files."""
 
 
 @dataclass

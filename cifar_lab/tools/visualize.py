@@ -8,7 +8,6 @@ and writes ``predictions.png``, ``feature_maps_<layer>.png``, ``grad_cam.png`` a
 """
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
@@ -17,15 +16,17 @@ from torch import Tensor, nn
 from torchvision.utils import make_grid, save_image
 
 from cifar_lab.data import CIFAR10DataModule
-from cifar_lab.errors import CifarLabError, ConfigError
-from cifar_lab.module import ImageClassifier
-from cifar_lab.plots import denormalize, filter_grid, first_conv, grad_cam_figure, top_predictions_figure
+from cifar_lab.errors import ConfigError
+from cifar_lab.module import load_classifier
+from cifar_lab.reporting.plots import (
+    denormalize,
+    filter_grid,
+    first_conv,
+    grad_cam_figure,
+    top_predictions_figure,
+)
 
 FEATURE_CHANNELS = 16  # channels shown per image and layer
-
-
-class CheckpointError(CifarLabError, FileNotFoundError):
-    """The checkpoint file is missing."""
 
 
 def conv_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
@@ -76,12 +77,6 @@ def grad_cam(model: nn.Module, layer: nn.Module, images: Tensor, classes: Tensor
     return cam / cam.amax(dim=(1, 2), keepdim=True).clamp_min(1e-8)
 
 
-def load_model(ckpt_path: Path) -> ImageClassifier:
-    if not ckpt_path.is_file():
-        raise CheckpointError(f"no checkpoint at {ckpt_path}; pass a .ckpt from runs/<backbone>/version_N/checkpoints/")
-    return ImageClassifier.load_from_checkpoint(ckpt_path, map_location="cpu").eval()
-
-
 def first_test_images(data_dir: str | None, count: int) -> tuple[Tensor, Tensor]:
     """The first ``count`` test images, normalised as the model saw them, and their labels."""
     data = CIFAR10DataModule(data_dir=data_dir, download=False, val_size=0)
@@ -94,7 +89,7 @@ def first_test_images(data_dir: str | None, count: int) -> tuple[Tensor, Tensor]
 def visualize(ckpt_path: Path, out: Path, count: int = 8, layer_names: list[str] | None = None,
               cam_layer: str | None = None, data_dir: str | None = None) -> list[Path]:
     """Write the four kinds of picture for ``count`` test images; returns the files written."""
-    model = load_model(ckpt_path)
+    model = load_classifier(ckpt_path)
     images, targets = first_test_images(data_dir, count)
     shown, names = denormalize(images), model.class_names
     out.mkdir(parents=True, exist_ok=True)
@@ -134,9 +129,3 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--images must be at least 1")
     for path in visualize(args.ckpt, args.out, args.images, args.layers, args.cam_layer, args.data_dir):
         print(f"wrote {path}")
-
-
-if __name__ == "__main__":
-    from cifar_lab.cli import main as cli_main
-
-    cli_main(["visualize", *sys.argv[1:]])

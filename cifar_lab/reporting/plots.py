@@ -18,7 +18,7 @@ from torchvision.utils import make_grid
 from cifar_lab.data.augment import CIFAR10_MEAN, CIFAR10_STD
 
 if TYPE_CHECKING:
-    from cifar_lab.runs import Run
+    from cifar_lab.reporting.runs import Run
 
 CORRECT, WRONG = "tab:green", "tab:red"
 

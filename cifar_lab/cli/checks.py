@@ -7,7 +7,6 @@ instructions is allowed but slow, so it gets a warning.
 """
 
 import torch
-
 from jsonargparse import Namespace
 from lightning.pytorch import Trainer
 from lightning.pytorch.accelerators import CPUAccelerator

@@ -15,11 +15,11 @@ from statistics import mean
 from typing import Any
 
 from cifar_lab.data import CIFAR10DataModule
-from cifar_lab.errors import CifarLabError
+from cifar_lab.errors import CifarLabError, RunNotFoundError
 from cifar_lab.models import create
-from cifar_lab.plots import runs_figure
-from cifar_lab.runs import Run, RunNotFoundError, expand, flatten, hyperparameters, load_run
-from cifar_lab.tables import markdown_table, write_csv
+from cifar_lab.reporting.plots import runs_figure
+from cifar_lab.reporting.runs import Run, expand, flatten, hyperparameters, load_run
+from cifar_lab.reporting.tables import markdown_table, write_csv
 
 COLUMNS = ["run", "backbone", "parameters", "epochs", "best_val_acc", "test_acc", "wall_time_s", "images_per_s"]
 # Per-epoch tags written during fit (not test): the first and last of them bound a run's wall time.
@@ -112,9 +112,3 @@ def main(argv: list[str] | None = None) -> None:
     paths = compare(expand(args.runs), args.out, args.name)
     print(paths[0].read_text())
     print("wrote " + ", ".join(map(str, paths)))
-
-
-if __name__ == "__main__":
-    from cifar_lab.cli import main as cli_main
-
-    cli_main(["compare", *sys.argv[1:]])

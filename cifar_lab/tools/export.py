@@ -22,16 +22,12 @@ from torch import Tensor, nn
 from cifar_lab.data import sources
 from cifar_lab.data.augment import CIFAR10_MEAN, CIFAR10_STD
 from cifar_lab.data.datamodule import default_data_dir
-from cifar_lab.errors import CifarLabError, ConfigError, ModelFileError
-from cifar_lab.module import ImageClassifier
+from cifar_lab.errors import ConfigError, ExportMismatchError
+from cifar_lab.module import load_classifier
 
 TOLERANCE = 1e-4
 NEEDS_EXTRA = "ONNX export needs onnxscript and onnxruntime: pip install 'cifar-lab[export]'"
 Runner = Callable[[np.ndarray], np.ndarray]  # float32 [N,3,32,32] in [0,1] -> logits [N,classes]
-
-
-class ExportMismatchError(CifarLabError):
-    """The exported model's outputs differ from the PyTorch model's."""
 
 
 class Normalized(nn.Module):
@@ -45,19 +41,6 @@ class Normalized(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         return self.net((images - self.mean) / self.std)
-
-
-def load_classifier(ckpt_path: str) -> ImageClassifier:
-    """The checkpoint's model in eval mode on the CPU, loaded without unpickling arbitrary objects."""
-    if not Path(ckpt_path).is_file():
-        raise ModelFileError(
-            f"checkpoint {ckpt_path!r} not found; runs keep theirs in runs/<backbone>/version_N/checkpoints/"
-        )
-    try:
-        model = ImageClassifier.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
-    except (RuntimeError, KeyError, EOFError, OSError) as err:
-        raise ModelFileError(f"{ckpt_path} is not a cifar-lab checkpoint ({err})") from err
-    return model.eval()
 
 
 def export_onnx(model: nn.Module, out: Path) -> None:
@@ -135,8 +118,13 @@ def as_model_input(images: np.ndarray) -> np.ndarray:
 
 def quantize_onnx(fp32: Path, out: Path, mode: Literal["dynamic", "static"], calibration: np.ndarray) -> None:
     """int8 weights (``dynamic``) or int8 weights and activations calibrated on images (``static``)."""
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Calibration(CalibrationDataReader):
@@ -248,7 +236,3 @@ def print_report(rows: list[tuple[str, Runner, Path | None]], images: np.ndarray
 
 def main(args: list[str] | None = None) -> None:
     auto_cli(export, args=args, as_positional=False, prog="cifar-lab export")
-
-
-if __name__ == "__main__":
-    main()

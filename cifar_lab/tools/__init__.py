@@ -1,0 +1,20 @@
+"""What ``cifar-lab <tool>`` runs: each tool is a module here with ``main(argv: list[str]) -> None``.
+
+Tools work on run folders and checkpoints; they use the building blocks below them and never the CLI.
+"""
+
+import importlib
+from collections.abc import Callable
+
+TOOLS = {  # `cifar-lab <tool> ...` -> the module that runs it (imported only when asked for)
+    "compare": "cifar_lab.tools.compare",
+    "experiment": "cifar_lab.tools.experiment",
+    "export": "cifar_lab.tools.export",
+    "models": "cifar_lab.tools.models",
+    "visualize": "cifar_lab.tools.visualize",
+}
+
+
+def tool_main(name: str) -> Callable[[list[str]], None]:
+    """The ``main`` of the tool ``name`` (one of ``TOOLS``)."""
+    return importlib.import_module(TOOLS[name]).main

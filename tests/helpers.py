@@ -1,0 +1,115 @@
+"""What the tests share: tiny CIFAR-format data, running ``cifar-lab`` in a subprocess, reading results back.
+
+Tiny datasets carry a class-dependent colour and stripe pattern plus noise, so a model can learn them in
+a few steps while the data still has CIFAR-10's exact shapes, dtypes and file layouts. Fixtures built
+on these live in ``conftest.py``; tests import helpers from here, always as ``tests.helpers``.
+"""
+
+import hashlib
+import importlib.util
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import lightning as L
+import numpy as np
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from cifar_lab.data.datamodule import CIFAR10DataModule
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+CLASSES = CIFAR10DataModule.classes
+TRAIN_PER_BATCH = 40  # 5 batch files -> 200 training images
+TEST_SIZE = 60
+
+
+def make_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n uint8 [32,32,3] images whose colour and stripe period depend on the label."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, len(CLASSES), n).astype(np.int64)
+    palette = rng.integers(0, 256, (len(CLASSES), 3))
+    rows = np.arange(32)[None, :, None, None]
+    stripes = (rows // (labels[:, None, None, None] % 4 + 1)) % 2
+    base = palette[labels][:, None, None, :] * (0.5 + 0.5 * stripes)
+    images = np.clip(base + rng.normal(0, 20, (n, 32, 32, 3)), 0, 255).astype(np.uint8)
+    return images, labels
+
+
+def write_npz(folder: Path, n_train: int = 300, n_test: int = TEST_SIZE) -> Path:
+    train_images, train_labels = make_images(n_train, seed=1)
+    test_images, test_labels = make_images(n_test, seed=2)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "cifar10.npz"
+    np.savez(path, train_images=train_images, train_labels=train_labels, test_images=test_images,
+             test_labels=test_labels, classes=np.asarray(CLASSES))
+    return path
+
+
+def _dump(path: Path, obj: dict) -> str:
+    path.write_bytes(pickle.dumps(obj))
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def write_batches(data_dir: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]], str]:
+    """torchvision's cifar-10-batches-py layout; returns (train_list, test_list, meta md5)."""
+    folder = data_dir / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+
+    def batch(name: str, n: int, seed: int) -> tuple[str, str]:
+        images, labels = make_images(n, seed)
+        flat = images.transpose(0, 3, 1, 2).reshape(n, -1)  # CIFAR's row layout: R, G, B planes
+        return name, _dump(folder / name, {"data": flat, "labels": labels.tolist()})
+
+    train_list = [batch(f"data_batch_{i}", TRAIN_PER_BATCH, seed=10 + i) for i in range(1, 6)]
+    test_list = [batch("test_batch", TEST_SIZE, seed=20)]
+    meta_md5 = _dump(folder / "batches.meta", {"label_names": CLASSES})
+    return train_list, test_list, meta_md5
+
+
+def read_scalars(events: Path, tag: str) -> dict[int, float]:
+    """step -> value of one TensorBoard tag, from an event file or a run folder (all its event files)."""
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    return {event.step: event.value for event in accumulator.Scalars(tag)}
+
+
+TINY_DATA = ["--data.val_size", "50", "--data.batch_size", "32", "--data.num_workers", "0"]
+SMOKE = ["--config", str(CONFIGS / "simple_cnn.yaml"), "--config", str(CONFIGS / "trainer/cpu.yaml"),
+         "--config", str(CONFIGS / "trainer/smoke.yaml"), *TINY_DATA]
+
+
+def cli_env(data_dir: Path, env: dict | None = None) -> dict:
+    # PYTHONPATH: run the code of this checkout, whatever copy of cifar_lab is installed.
+    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "CIFAR_LAB_DATA": str(data_dir), "PYTHONPATH": pythonpath, **(env or {})}
+
+
+def cifar_lab(*args: str, cwd: Path, data_dir: Path, env: dict | None = None,
+              module: str = "cifar_lab") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=cli_env(data_dir, env),
+                          capture_output=True, text=True, timeout=300)
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("cifar-lab: error:")]
+    assert len(lines) == 1, result.stderr[-3000:]
+    return lines[0]
+
+
+def tiny_trainer(**kwargs) -> L.Trainer:
+    options = {"accelerator": "cpu", "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
+               "enable_model_summary": False}
+    return L.Trainer(**{**options, **kwargs})
+
+
+def load_benchmark() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("benchmark", ROOT / "scripts" / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
