@@ -1,10 +1,12 @@
-"""What ``cifar-lab <tool>`` runs: each tool is a module here with ``main(argv: list[str]) -> None``.
+"""What ``cifar-lab <tool>`` runs: each tool is a module here with ``parser()`` (its argument parser) and
+``main(argv: list[str]) -> None`` (parse, then run).
 
 Tools work on run folders and checkpoints; they use the building blocks below them and never the CLI.
 """
 
 import importlib
 from collections.abc import Callable
+from typing import Any
 
 TOOLS = {  # `cifar-lab <tool> ...` -> the module that runs it (imported only when asked for)
     "compare": "cifar_lab.tools.compare",
@@ -18,3 +20,8 @@ TOOLS = {  # `cifar-lab <tool> ...` -> the module that runs it (imported only wh
 def tool_main(name: str) -> Callable[[list[str]], None]:
     """The ``main`` of the tool ``name`` (one of ``TOOLS``)."""
     return importlib.import_module(TOOLS[name]).main
+
+
+def tool_parser(name: str) -> Any:
+    """The argument parser of the tool ``name``: argparse's, or jsonargparse's for ``export``."""
+    return importlib.import_module(TOOLS[name]).parser()

@@ -103,12 +103,16 @@ def compare(folders: list[Path], out: Path, name: str = "comparison") -> list[Pa
     return paths
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cifar-lab compare", description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", help="run folders or glob patterns such as 'runs/*/version_*'")
     parser.add_argument("--out", type=Path, default=Path("comparison"), help="folder for the table and plot")
     parser.add_argument("--name", default="comparison", help="file name (without suffix) of the table and plot")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str]) -> None:
+    args = parser().parse_args(argv)
     paths = compare(expand(args.runs), args.out, args.name)
     print(paths[0].read_text())
     print("wrote " + ", ".join(map(str, paths)))

@@ -115,9 +115,12 @@ def run_suite(suite: Suite, epochs: int | None = None, extra: list[str] | None =
     return paths
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    own, extra = (argv[: argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+def split_fit_options(argv: list[str]) -> tuple[list[str], list[str]]:
+    """The tool's own options, and those after ``--`` that go to every fit."""
+    return (argv[: argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+
+
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=f"{PROGRAM} experiment", description=__doc__.split("\n")[0],
         epilog="options after -- go to every fit, e.g. -- --config configs/trainer/gpu.yaml")
@@ -127,5 +130,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, help="trainer.max_epochs of every variant (default: the suite's)")
     parser.add_argument("--configs", type=Path, default=CONFIGS_DIR, help="folder of the suites")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for <suite>.md/.csv/.png")
-    args = parser.parse_args(own)
+    return parser
+
+
+def main(argv: list[str]) -> None:
+    own, extra = split_fit_options(argv)
+    args = parser().parse_args(own)
     run_suite(load_suite(args.suite, args.configs), args.epochs, extra, args.out, args.dry_run)

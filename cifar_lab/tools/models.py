@@ -38,7 +38,7 @@ def format_table(rows: list[BackboneSummary]) -> str:
                      for line in lines)
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
     family_names = " ".join(f"'{family}:<name>'" for family in families())
     parser = argparse.ArgumentParser(
         prog="cifar-lab models",
@@ -50,11 +50,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--backbone_kwargs", type=yaml.safe_load, default={},
                         help="options for every listed backbone, as in model.backbone_kwargs, e.g. "
                              "'{cifar_stem: true}'")
-    return parser.parse_args(argv)
+    return parser
 
 
 def main(argv: list[str]) -> None:
-    args = parse_args(argv)
+    args = parser().parse_args(argv)
     if not isinstance(args.backbone_kwargs, dict):
         raise ConfigError(f"--backbone_kwargs must be a mapping such as '{{cifar_stem: true}}', "
                           f"not {args.backbone_kwargs!r}")

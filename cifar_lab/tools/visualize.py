@@ -116,7 +116,7 @@ def visualize(ckpt_path: Path, out: Path, count: int = 8, layer_names: list[str]
     return written
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cifar-lab visualize", description=__doc__.split("\n")[0])
     parser.add_argument("ckpt", type=Path, help="a checkpoint written by cifar-lab fit")
     parser.add_argument("--images", type=int, default=8, help="how many test images (from the first)")
@@ -124,8 +124,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cam_layer", help="module for Grad-CAM (default: the last conv)")
     parser.add_argument("--data_dir", help="folder with cifar10.npz (default: $CIFAR_LAB_DATA or ./data)")
     parser.add_argument("--out", type=Path, default=Path("visualize"), help="folder for the PNG files")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str]) -> None:
+    tool = parser()
+    args = tool.parse_args(argv)
     if args.images < 1:
-        parser.error("--images must be at least 1")
+        tool.error("--images must be at least 1")
     for path in visualize(args.ckpt, args.out, args.images, args.layers, args.cam_layer, args.data_dir):
         print(f"wrote {path}")
