@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
-from torchmetrics import MeanMetric, MetricCollection
+from lightning.pytorch.utilities import rank_zero_deprecation
+from torchmetrics import ClasswiseWrapper, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from cifar_lab.checkpoint_io import check_state_dict_fits, load_checkpoint_file
@@ -49,14 +50,16 @@ class ImageClassifier(L.LightningModule):
             The loss uses the mixed (soft) targets; ``train/acc`` counts against the images' own labels.
         mix_prob: the chance that a training batch is mixed at all.
         tta: test-time augmentation at val/test/predict: ``flip`` averages the logits of the image and
-            its mirror; ``flip_translate`` also of one-pixel shifts (the fast recipes' choice).
-        channels_last: NHWC memory format for the backbone and its inputs (faster convs on GPUs).
+            its mirror; ``flip_translate`` also of one-pixel shifts (the fast recipes' choice). Taken from the
+            config or command line of each command, not from a checkpoint, so ``cifar-lab predict ... --model.tta
+            flip`` chooses it for one prediction.
+        channels_last: NHWC memory format for the backbone and every batch it sees, from either loader
+            (faster convs on GPUs); the one memory-format knob of a run.
         compile_mode: ``torch.compile`` the backbone with this mode (``default``, ``max-autotune``...).
         norm_lr_scale: learning-rate multiplier for normalisation layers' parameters (their weight
             decay is divided by it, so the decay per step stays the same).
         no_decay_norm_bias: no weight decay on normalisation parameters and biases.
-        predict_with_tta: ``predict`` averages the class probabilities of each image and its mirror
-            image; an inference choice, so it is not saved with the checkpoint's hyperparameters.
+        predict_with_tta: deprecated; ``true`` means ``tta: flip``.
     """
 
     def __init__(
@@ -77,11 +80,17 @@ class ImageClassifier(L.LightningModule):
         compile_mode: str | None = None,
         norm_lr_scale: float = 1.0,
         no_decay_norm_bias: bool = False,
-        predict_with_tta: bool = False,
+        predict_with_tta: bool | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "predict_with_tta"])
-        self.predict_with_tta = predict_with_tta
+        if predict_with_tta is not None:
+            rank_zero_deprecation("model.predict_with_tta is deprecated: model.tta is the one test-time augmentation "
+                                  "knob (pass --model.tta flip to predict)")
+            tta = "flip" if predict_with_tta and tta == "none" else tta
+        # tta is an evaluation choice, not part of the trained model: LightningCLI restores a checkpoint's
+        # hyperparameters over the command line, which would make `predict --model.tta flip` a no-op.
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "tta", "predict_with_tta"])
+        self.tta = tta
         self.backbone = create(backbone, num_classes=num_classes, **(backbone_kwargs or {}))
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
@@ -91,7 +100,8 @@ class ImageClassifier(L.LightningModule):
         self.train_metrics = accuracy_metrics(num_classes, "train/", top5=False)  # top-5 would triple its host time
         self.val_metrics = accuracy_metrics(num_classes, "val/")
         self.test_metrics = accuracy_metrics(num_classes, "test/")
-        self.test_per_class = MulticlassAccuracy(num_classes, average="none")
+        self.test_per_class = ClasswiseWrapper(MulticlassAccuracy(num_classes, average="none"), self.class_names,
+                                               prefix="test/acc_")
         if channels_last:
             self.backbone.to(memory_format=torch.channels_last)
         if compile_mode is not None:
@@ -105,10 +115,10 @@ class ImageClassifier(L.LightningModule):
 
     def predict_logits(self, images: Tensor) -> Tensor:
         """Logits averaged over the test-time augmentation views chosen by ``tta``."""
-        if self.hparams.tta == "none":
+        if self.tta == "none":
             return self(images)
         logits = (self(images) + self(images.flip(-1))) / 2
-        if self.hparams.tta == "flip_translate":
+        if self.tta == "flip_translate":
             padded = F.pad(images, (1, 1, 1, 1), mode="reflect")
             shifted = [padded[..., :-2, :-2], padded[..., 2:, 2:]]  # one pixel up-left and down-right
             translated = sum((self(v) + self(v.flip(-1))) / 2 for v in shifted) / len(shifted)
@@ -165,15 +175,11 @@ class ImageClassifier(L.LightningModule):
         return logits
 
     def on_test_epoch_end(self) -> None:
-        per_class = self.test_per_class.compute()
-        self.log_dict({f"test/acc_{name}": acc for name, acc in zip(self.class_names, per_class)})
+        self.log_dict(self.test_per_class.compute())
         self.test_per_class.reset()
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        images = batch[0]
-        if self.predict_with_tta and self.hparams.tta == "none":  # mirror views for this prediction only
-            return torch.stack([self(view).softmax(dim=1) for view in (images, images.flip(-1))]).mean(dim=0)
-        return self.predict_logits(images).softmax(dim=1)
+        return self.predict_logits(batch[0]).softmax(dim=1)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A checkpoint of another backbone or class count is a clear error, not a state_dict size mismatch."""

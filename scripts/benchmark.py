@@ -89,8 +89,7 @@ def bench_pipeline(args: argparse.Namespace, device: torch.device) -> dict:
         dm = datamodule(args, num_workers=workers, pin_memory=device.type == "cuda")
         results[f"dataloader_{workers}_workers"] = median_rate(lambda: drain(dm.train_dataloader(), device, limit),
                                                               args.repeats)
-    dm = datamodule(args, loader="device", channels_last=True,
-                    dtype="bfloat16" if device.type == "cuda" else "float32")
+    dm = datamodule(args, loader="device", dtype="bfloat16" if device.type == "cuda" else "float32")
     trainer = L.Trainer(accelerator=device.type, devices=1, logger=False)  # the loader asks it for the device
     dm.trainer = trainer
     loader = dm.train_dataloader()

@@ -3,18 +3,20 @@ torchvision's functional ops, and batches identical to the DataLoader path where
 
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
+from torch.utils.data import DistributedSampler
 from torchvision.transforms.v2 import functional as TF
 
 from cifar_lab.data import CIFAR10DataModule
 from cifar_lab.data.device_loader import (
     BatchAugment,
     DeviceLoader,
-    ShardedOrder,
     cutout,
     random_crop,
 )
+from cifar_lab.module import ImageClassifier
 
 
 def identity_loader(n: int = 103, batch_size: int = 10, **kwargs) -> DeviceLoader:
@@ -45,12 +47,37 @@ def test_drop_last_drops_only_the_incomplete_batch() -> None:
 
 
 @pytest.mark.parametrize("n", [100, 101])
-def test_ddp_shards_are_equal_sized_disjoint_and_cover_the_split(n: int) -> None:
-    shards = [ShardedOrder(n, shuffle=True, seed=0, rank=rank, world_size=2).indices() for rank in (0, 1)]
+@pytest.mark.parametrize("epoch", [0, 1])
+def test_ddp_shards_are_equal_sized_disjoint_and_cover_the_split(n: int, epoch: int) -> None:
+    shards = [epoch_labels(identity_loader(n, shuffle=True, rank=rank, world_size=2), epoch) for rank in (0, 1)]
     assert len(shards[0]) == len(shards[1]) == (n + 1) // 2
     union = torch.cat(shards)
-    assert set(union.tolist()) == set(range(n))
+    assert set(union.tolist()) == set(range(n))  # every image, in every epoch
     assert len(union) - len(set(union.tolist())) == n % 2  # an odd split repeats one image to even out
+
+
+def test_ddp_order_is_distributed_samplers() -> None:
+    for rank in (0, 1):
+        loader = identity_loader(101, shuffle=True, seed=5, rank=rank, world_size=2)
+        sampler = DistributedSampler(range(101), num_replicas=2, rank=rank, shuffle=True, seed=5)
+        for epoch in (0, 1):
+            sampler.set_epoch(epoch)
+            assert epoch_labels(loader, epoch).tolist() == list(sampler)
+
+
+def test_lightning_sets_the_epoch_of_the_order(npz_dir: Path) -> None:
+    seen = []
+
+    class RecordEpoch(L.Callback):
+        def on_train_epoch_start(self, trainer: L.Trainer, *args) -> None:
+            seen.append(trainer.train_dataloader.sampler.epoch)
+
+    dm = CIFAR10DataModule(str(npz_dir), download=False, val_size=50, batch_size=8, loader="device")
+    trainer = L.Trainer(accelerator="cpu", max_epochs=3, limit_train_batches=1, limit_val_batches=0, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[RecordEpoch()])
+    trainer.fit(ImageClassifier("simple_cnn"), dm)
+    assert seen == [0, 1, 2]
 
 
 def test_random_crop_matches_torchvision_pad_and_crop() -> None:
@@ -99,12 +126,11 @@ def test_eval_batches_equal_the_dataloader_path(npz_dir: Path) -> None:
             assert torch.equal(x1, x2) and torch.equal(y1, y2)
 
 
-def test_training_batches_are_augmented_normalised_and_channels_last(npz_dir: Path) -> None:
+def test_training_batches_are_augmented_and_normalised(npz_dir: Path) -> None:
     dm = CIFAR10DataModule(str(npz_dir), download=False, val_size=50, batch_size=32, loader="device",
-                           channels_last=True, batch_augment=BatchAugment(padding=2, padding_mode="reflect",
-                                                                          flip="random", cutout=4))
+                           batch_augment=BatchAugment(padding=2, padding_mode="reflect", flip="random", cutout=4))
     dm.setup("fit")
     images, labels = next(iter(dm.train_dataloader()))
     assert images.shape == (32, 3, 32, 32) and images.dtype == torch.float32
-    assert images.is_contiguous(memory_format=torch.channels_last)
+    assert images.is_contiguous()  # NCHW: channels_last is the model's knob
     assert labels.dtype == torch.int64 and -3 < images.mean() < 3

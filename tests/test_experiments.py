@@ -8,10 +8,9 @@ import pytest
 
 from cifar_lab.cli import build_cli, main
 from cifar_lab.tools.experiment import load_suite, run_suite
-from tests.helpers import cli_env
+from tests.helpers import CONFIGS, ROOT, cli_env
 
-ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENTS = ROOT / "configs" / "experiments"
+EXPERIMENTS = CONFIGS / "experiments"
 SCRIPT = ROOT / "scripts" / "run_experiment.py"
 
 
@@ -38,14 +37,14 @@ def test_dry_run_prints_every_command_and_runs_nothing(tmp_path: Path, monkeypat
         fit.format("simple_cnn_bn"),
         test.format("simple_cnn_bn/version_0"),
         "cifar-lab compare runs/experiments/batchnorm/simple_cnn/version_1 "
-        "runs/experiments/batchnorm/simple_cnn_bn/version_0 --out results --name batchnorm",
+        "runs/experiments/batchnorm/simple_cnn_bn/version_0 --out runs/experiments --name batchnorm",
     ]
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
         "runs", "runs/experiments", "runs/experiments/batchnorm", "runs/experiments/batchnorm/simple_cnn",
         "runs/experiments/batchnorm/simple_cnn/version_0"]
 
 
-def test_unknown_suite_is_aone_line_error_listing_the_suites(capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_suite_is_a_one_line_error_listing_the_suites(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["experiment", "dropout", "--configs", str(EXPERIMENTS)])
     assert exit_info.value.code == 1
@@ -70,16 +69,18 @@ def test_suite_fits_and_tests_every_variant_then_writes_the_comparison(
              "--trainer.enable_progress_bar", "false"]
     paths = run_suite(load_suite("batchnorm", EXPERIMENTS), epochs=1, extra=extra, execute=in_process)
     assert commands == ["fit", "test", "fit", "test"]
-    assert [p.as_posix() for p in paths] == ["results/batchnorm.md", "results/batchnorm.csv", "results/batchnorm.png"]
-    header, _, *rows = Path("results/batchnorm.md").read_text().splitlines()
+    tables = "runs/experiments/batchnorm"  # the default: beside the runs, ignored by git
+    assert [p.as_posix() for p in paths] == [f"{tables}.md", f"{tables}.csv", f"{tables}.png"]
+    assert not Path("results").exists()  # the committed tables are written only when asked (--out results)
+    header, _, *rows = Path(f"{tables}.md").read_text().splitlines()
     cells = [[cell.strip() for cell in row.split("|")[1:-1]] for row in rows]
     columns = [cell.strip() for cell in header.split("|")[1:-1]]
     assert [(row[0], row[columns.index("backbone")], row[columns.index("epochs")]) for row in cells] == [
         ("simple_cnn/version_0", "simple_cnn", "1"), ("simple_cnn_bn/version_0", "simple_cnn_bn", "1")]
     assert all(row[columns.index("test_acc")] for row in cells)  # each variant was tested
-    assert Path("results/batchnorm.png").stat().st_size > 0
+    assert Path(f"{tables}.png").stat().st_size > 0
     assert (tmp_path / "runs/experiments/batchnorm/simple_cnn_bn/version_0/per_class_accuracy.md").is_file()
-    assert "wrote results/batchnorm.md" in capsys.readouterr().out
+    assert f"wrote {tables}.md" in capsys.readouterr().out
 
 
 def test_a_failing_fit_stops_the_suite_with_an_error_naming_the_command(npz_dir: Path, tmp_path: Path) -> None:

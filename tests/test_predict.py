@@ -12,7 +12,7 @@ from cifar_lab.callbacks.prediction_writer import CSV_COLUMNS
 from cifar_lab.data.augment import build_transform
 from cifar_lab.data.image_files import find_images, load_image, load_images
 from cifar_lab.errors import DataFormatError, DataNotFoundError
-from cifar_lab.module import ImageClassifier
+from cifar_lab.module import ImageClassifier, load_classifier
 from tests.helpers import cifar_lab
 
 # (file name, PIL mode, width, height): every mode the issue names, JPEG and PNG, odd sizes.
@@ -68,16 +68,18 @@ def test_unreadable_images_are_named_in_a_warning_and_skipped(tmp_path: Path) ->
         load_images(str(tmp_path / "only"))
 
 
-def test_tta_averages_the_probabilities_of_the_image_and_its_mirror() -> None:
+def test_predict_with_tta_is_a_deprecated_spelling_of_tta_flip() -> None:
     torch.manual_seed(0)
-    model = ImageClassifier("simple_cnn", predict_with_tta=True).eval()
+    with pytest.warns(DeprecationWarning, match="--model.tta flip"):
+        model = ImageClassifier("simple_cnn", predict_with_tta=True).eval()
+    assert model.tta == "flip" and "predict_with_tta" not in model.hparams
     images = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
-        expected = (model(images).softmax(1) + model(images.flip(-1)).softmax(1)) / 2
+        expected = ((model(images) + model(images.flip(-1))) / 2).softmax(1)
         assert torch.allclose(model.predict_step((images, torch.zeros(4)), 0), expected, atol=1e-6)
-        model.predict_with_tta = False
-        assert torch.allclose(model.predict_step((images, torch.zeros(4)), 0), model(images).softmax(1))
-    assert "predict_with_tta" not in model.hparams  # an inference choice, not part of the checkpoint
+    plain = ImageClassifier("simple_cnn").eval()
+    with torch.no_grad():
+        assert torch.equal(plain.predict_step((images, torch.zeros(4)), 0), plain(images).softmax(1))
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -100,7 +102,7 @@ def test_predict_on_image_files_matches_the_models_forward(checkpoint: Path, tmp
 
     rows = read_csv(out)
     assert sorted(row["path"] for row in rows) == sorted(map(str, paths))
-    model = ImageClassifier.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True).eval()
+    model = load_classifier(checkpoint)
     normalise = build_transform("standard", train=False)
     for row in rows:
         with torch.no_grad():
@@ -113,16 +115,16 @@ def test_predict_on_image_files_matches_the_models_forward(checkpoint: Path, tmp
 
 def test_predict_defaults_to_the_test_split_and_applies_tta(checkpoint: Path, npz_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "test_split.csv"
-    result = cifar_lab("predict", "--ckpt_path", str(checkpoint), "--model.predict_with_tta", "true",
+    result = cifar_lab("predict", "--ckpt_path", str(checkpoint), "--model.tta", "flip",
                        "--predictions.output_path", str(out), "--data.num_workers", "0", "--data.val_size", "50",
                        cwd=tmp_path, data_dir=npz_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = read_csv(out)
     assert [row["path"] for row in rows] == [f"test[{i}]" for i in range(60)]
 
-    model = ImageClassifier.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True).eval()
+    model = load_classifier(checkpoint)
     first_test_image = torch.from_numpy(np.load(npz_dir / "cifar10.npz")["test_images"][0]).permute(2, 0, 1)
     image = build_transform("standard", train=False)(first_test_image)
     with torch.no_grad():
-        tta = (model(image[None]).softmax(1) + model(image.flip(-1)[None]).softmax(1)) / 2
+        tta = ((model(image[None]) + model(image.flip(-1)[None])) / 2).softmax(1)
     assert float(rows[0]["probability"]) == pytest.approx(tta.max().item(), abs=1e-4)

@@ -1,10 +1,12 @@
 import pickle
+from collections import Counter
 from pathlib import Path
 from urllib.error import URLError
 
 import numpy as np
 import pytest
 import torchvision
+from torchvision.datasets import CIFAR10
 
 from cifar_lab.data import sources
 from cifar_lab.errors import (
@@ -31,6 +33,31 @@ def test_batches_are_read_once_into_an_array_cache(batches_dir: Path) -> None:
     for f in (batches_dir / "cifar-10-batches-py").iterdir():
         f.unlink()
     assert sources.prepare(batches_dir, download=False) == path
+
+
+def test_batches_are_read_as_torchvision_reads_them(batches_dir: Path) -> None:
+    arrays = sources.read_batches(batches_dir, download=False)
+    for split, images, labels in (("train", arrays.train_images, arrays.train_labels),
+                                  ("test", arrays.test_images, arrays.test_labels)):
+        reference = CIFAR10(str(batches_dir), train=split == "train")
+        np.testing.assert_array_equal(images, reference.data)
+        np.testing.assert_array_equal(labels, np.asarray(reference.targets, dtype=np.int64))
+        assert images.dtype == np.uint8 and labels.dtype == np.int64
+    assert arrays.classes == reference.classes
+
+
+def test_a_cache_build_hashes_each_batch_file_once(batches_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hashed = Counter()
+    calculate_md5 = torchvision.datasets.utils.calculate_md5
+
+    def counting_md5(path, *args, **kwargs) -> str:
+        hashed[Path(path).name] += 1
+        return calculate_md5(path, *args, **kwargs)
+
+    monkeypatch.setattr(torchvision.datasets.utils, "calculate_md5", counting_md5)  # torchvision's own checks
+    monkeypatch.setattr(sources, "calculate_md5", counting_md5)  # ours
+    sources.prepare(batches_dir, download=False)
+    assert hashed == Counter(sources.published_checksums().keys())
 
 
 def test_tampered_batch_is_refused_before_unpickling(batches_dir: Path) -> None:
@@ -91,6 +118,6 @@ def test_failed_download_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Mo
     def offline(*args, **kwargs):
         raise URLError("[Errno -2] Name or service not known")
 
-    monkeypatch.setattr(torchvision.datasets.cifar, "download_and_extract_archive", offline)
+    monkeypatch.setattr(sources, "download_and_extract_archive", offline)
     with pytest.raises(DownloadError, match=f"downloading CIFAR-10 into {tmp_path} failed .*Name or service not known"):
         sources.prepare(tmp_path, download=True)

@@ -12,6 +12,7 @@ import sys
 import warnings
 
 import torch
+from fsspec.utils import get_protocol
 from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -31,19 +32,21 @@ from cifar_lab.callbacks import (
 )
 from cifar_lab.checkpoint_io import AtomicCheckpointIO, load_checkpoint_file
 from cifar_lab.cli.checks import check_fit_config, check_precision
-from cifar_lab.cli.resume import expand_resume
+from cifar_lab.cli.resume import ResumeRun
 from cifar_lab.data import CIFAR10DataModule
 from cifar_lab.errors import CifarLabError, ConfigError
 from cifar_lab.module import ImageClassifier
-from cifar_lab.reporting.runs import RUNS_DIR, run_folder_of
+from cifar_lab.reporting.runs import RUNS_DIR, RunFolder
 from cifar_lab.tools import TOOLS, tool_main
 
 DEBUG_ENV = "CIFAR_LAB_DEBUG"
 CKPT_ALIASES = {"last", "best", "hpc"}  # ckpt_path values Lightning resolves itself
+LOCAL_PROTOCOLS = {"file", "local"}  # fsspec's names for the local file system
 
 
 class CifarLabCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--resume", action=ResumeRun)
         parser.add_argument("--threads", type=int | None, default=None,
                             help="CPU threads for torch's intra-op parallelism (null: torch's default, one per core)")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
@@ -73,15 +76,16 @@ class CifarLabCLI(LightningCLI):
         parser.add_lightning_class_args(RunReport, "report")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
-        """Expand ``--resume RUN_DIR``; refuse a bad ``--ckpt_path`` before Lightning reads its hyperparameters."""
-        given = sys.argv[1:] if args is None else args
-        expanded = expand_resume(given) if isinstance(given, list) else given
+        """Refuse a bad local ``--ckpt_path`` in one line before LightningCLI reads its hyperparameters from it.
+
+        Aliases, fsspec URLs (``s3://...``) and ``registry:`` names are left to Lightning, which resolves them.
+        """
         with warnings.catch_warnings():  # LightningCLI warns when args replace a non-empty sys.argv
             warnings.filterwarnings("ignore", "LightningCLI's args parameter")
-            super().parse_arguments(parser, args if expanded == given else expanded)
+            super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt_path and ckpt_path not in CKPT_ALIASES:
+        if ckpt_path and ckpt_path not in CKPT_ALIASES and get_protocol(str(ckpt_path)) in LOCAL_PROTOCOLS:
             load_checkpoint_file(ckpt_path)
 
     def before_instantiate_classes(self) -> None:
@@ -101,13 +105,14 @@ class CifarLabCLI(LightningCLI):
     def _test_into_run_folder(self, config: Namespace) -> None:
         """``test`` of a checkpoint from ``<run>/checkpoints/`` logs into ``<run>`` (not a new version), beside
         the training curves it belongs to, and leaves that run's ``config.yaml`` as fit wrote it."""
-        run = run_folder_of(config.ckpt_path)
+        run = RunFolder.of_checkpoint(config.ckpt_path)
         logger = config.trainer.logger
         init_args = getattr(logger, "init_args", None)
         if (run is None or init_args is None or not logger.class_path.endswith(".TensorBoardLogger")
                 or init_args.get("version") is not None):
             return
-        init_args.save_dir, init_args.name, init_args.version = str(run.parent.parent), run.parent.name, run.name
+        for key, value in run.logger_location().items():
+            init_args[key] = value
         init_args.log_graph = False  # fit logged it there already
         self.save_config_callback = None
 

@@ -1,46 +1,41 @@
 """``fit --resume RUN_DIR``: continue an interrupted run in its own folder from its ``last.ckpt``."""
 
+import argparse
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-import yaml
+from jsonargparse import ActionConfigFile, Namespace
 
 from cifar_lab.errors import ConfigError
+from cifar_lab.reporting.runs import RunFolder
 
-RESUME_FLAG = "--resume"
-
-
-def expand_resume(args: list[str]) -> list[str]:
-    """Replace ``--resume RUN_DIR`` by the options that continue that run in its own folder."""
-    expanded = []
-    remaining = iter(args)
-    for arg in remaining:
-        if arg == RESUME_FLAG or arg.startswith(f"{RESUME_FLAG}="):
-            run = arg.partition("=")[2] or next(remaining, "")
-            expanded += resume_args(Path(run))
-        else:
-            expanded.append(arg)
-    return expanded
+RESUME_HELP = ("continue the run in RUN_DIR (e.g. runs/simple_cnn/version_0) from its last.ckpt, in its own folder, "
+               "with its saved config; options after it override that config")
 
 
-def resume_args(run: Path) -> list[str]:
-    """The saved config, the run's ``last.ckpt`` and the logger folder ``<save_dir>/<name>/<version>`` of ``run``.
+class ResumeRun(argparse.Action):
+    """Loads the run's ``config.yaml`` where ``--resume`` stands, then points ``ckpt_path`` and the logger at the run.
 
-    The saved ``save_dir`` is kept when it still leads to ``run`` (resuming from the folder the run
-    started in), so ModelCheckpoint recognises its own folder and carries on with ``last.ckpt`` and
-    its best-k bookkeeping. From anywhere else the run's own path is used, and ``last.ckpt`` is
-    overwritten in place instead of starting a ``last-v1.ckpt``.
+    It stores nothing under its own name (``default=SUPPRESS``), so a run's saved ``config.yaml`` never
+    holds ``resume`` and repeating a run from it starts afresh.
     """
-    config_file = run / "config.yaml"
-    if not config_file.is_file():
-        raise ConfigError(f"{RESUME_FLAG} {run}: {config_file} not found; give a run folder such as "
-                          f"runs/simple_cnn/version_0")
-    config = yaml.safe_load(config_file.read_text())
-    dirpath = (config.get("checkpoint") or {}).get("dirpath")
-    last = Path(dirpath or run / "checkpoints") / "last.ckpt"
-    logger = "--trainer.logger.init_args"
-    save_dir = (((config.get("trainer") or {}).get("logger") or {}).get("init_args") or {}).get("save_dir")
-    in_place = save_dir is not None and Path(save_dir).resolve() == run.resolve().parent.parent
-    args = ["--config", str(config_file), "--ckpt_path", str(last), f"{logger}.save_dir",
-            save_dir if in_place else str(run.parent.parent), f"{logger}.name", run.parent.name,
-            f"{logger}.version", run.name]
-    return args if in_place else [*args, "--checkpoint.enable_version_counter", "false"]
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**{"default": argparse.SUPPRESS, "metavar": "RUN_DIR", "help": RESUME_HELP, **kwargs})
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Namespace, values: str | Sequence[Any] | None,
+                 option_string: str | None = None) -> None:
+        if not parser.prog.endswith(" fit"):
+            raise ConfigError(f"--resume continues training: use it with 'cifar-lab fit', not '{parser.prog}'")
+        run = RunFolder(Path(str(values)))
+        if not run.config_file.is_file():
+            raise ConfigError(f"--resume {run.path}: {run.config_file} not found; give a run folder such as "
+                              f"runs/simple_cnn/version_0")
+        ActionConfigFile.apply_config(parser, namespace, "config", str(run.config_file))
+        namespace["ckpt_path"] = str(run.last_checkpoint)
+        for key, value in run.logger_location().items():
+            namespace[f"trainer.logger.init_args.{key}"] = value
+        if run.logger_location()["save_dir"] != run.saved_logger_dir:
+            # Resumed from elsewhere: ModelCheckpoint sees a new folder and would start a last-v1.ckpt.
+            namespace["checkpoint.enable_version_counter"] = False

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_deprecation
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
@@ -64,7 +65,8 @@ class CIFAR10DataModule(L.LightningDataModule):
         batch_augment: the device loader's augmentation; null means the ``augment`` preset's.
         eval_batch_size: batch size for val/test/predict; null means ``batch_size``.
         drop_last: drop the last incomplete training batch.
-        channels_last, dtype: memory format and dtype of the device loader's image batches.
+        dtype: dtype of the device loader's image batches.
+        channels_last: deprecated; ``model.channels_last`` sets the memory format of the model and its batches.
         predict_path: PNG/JPEG file, folder or glob for ``predict``; null predicts the test split.
     """
 
@@ -86,16 +88,19 @@ class CIFAR10DataModule(L.LightningDataModule):
         batch_augment: BatchAugment | None = None,
         eval_batch_size: int | None = None,
         drop_last: bool = False,
-        channels_last: bool = False,
+        channels_last: bool | None = None,
         dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         predict_path: str | None = None,
     ) -> None:
         super().__init__()
+        if channels_last is not None:
+            rank_zero_deprecation("data.channels_last is deprecated and has no effect: model.channels_last sets the "
+                                  "memory format of the model and of every batch; remove data.channels_last")
         if val_size < 0:
             raise ConfigError(f"val_size must be >= 0, got {val_size}")
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["channels_last"])  # deprecated; the model's hparam of that name rules
         self.data_dir = Path(data_dir if data_dir is not None else default_data_dir()).expanduser()
         self.train_transform = build_transform(augment, train=True, erasing=erasing)
         self.eval_transform = build_transform(augment, train=False)
@@ -184,7 +189,6 @@ class CIFAR10DataModule(L.LightningDataModule):
             seed=torch.initial_seed() % 2**31,  # the run's seed, as set by seed_everything
             rank=trainer.global_rank if trainer else 0,
             world_size=trainer.world_size if trainer else 1,
-            channels_last=self.hparams.channels_last,
             dtype=DTYPES[self.hparams.dtype],
         )
 

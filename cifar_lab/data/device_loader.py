@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.data import DistributedSampler
 from torchvision.transforms.v2 import functional as TF
 
 from cifar_lab.data.augment import CIFAR10_MEAN, CIFAR10_STD
@@ -39,31 +40,6 @@ class BatchAugment:
 
 
 NO_AUGMENT = BatchAugment(padding=0, flip="none")
-
-
-class ShardedOrder:
-    """The order in which one process visits a split, per epoch: a seeded permutation, then this
-    rank's shard (padded by wrapping around so every rank gets the same number of items, as
-    ``DistributedSampler`` does). Lightning calls ``set_epoch`` on a loader's ``sampler``."""
-
-    def __init__(self, size: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1) -> None:
-        self.size, self.shuffle, self.seed = size, shuffle, seed
-        self.rank, self.world_size = rank, world_size
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return math.ceil(self.size / self.world_size)
-
-    def indices(self) -> Tensor:
-        if self.shuffle:
-            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
-        else:
-            order = torch.arange(self.size)
-        padded = order.repeat(math.ceil(len(self) * self.world_size / self.size))[: len(self) * self.world_size]
-        return padded[self.rank :: self.world_size]
 
 
 def random_crop(images: Tensor, padding: int, mode: str, generator: torch.Generator) -> Tensor:
@@ -105,7 +81,7 @@ class DeviceLoader:
         drop_last: drop the last, smaller batch.
         seed: base seed of the order and the augmentation (epoch ``e`` uses ``seed + e``).
         rank, world_size: this process's shard under DDP.
-        channels_last, dtype: memory format and dtype of the image batches.
+        dtype: dtype of the image batches.
     """
 
     batch_sampler = None  # like a DataLoader's: Lightning reads ``sampler`` and ``batch_sampler``
@@ -121,13 +97,15 @@ class DeviceLoader:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
-        channels_last: bool = False,
         dtype: torch.dtype = torch.float32,
     ) -> None:
         self.images, self.labels = images, labels
         self.batch_size, self.augment, self.drop_last = batch_size, augment, drop_last
-        self.channels_last, self.dtype = channels_last, dtype
-        self.sampler = ShardedOrder(len(labels), shuffle, seed, rank, world_size)
+        self.dtype = dtype
+        # Only its order is used, so a range stands in for the dataset; Lightning calls its set_epoch.
+        self.sampler = DistributedSampler(
+            range(len(labels)), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=False
+        )
         # Which images start flipped under the alternating scheme: fixed for the whole run.
         self.flip_parity = torch.rand(len(labels), generator=torch.Generator().manual_seed(seed)) < 0.5
 
@@ -152,13 +130,11 @@ class DeviceLoader:
         return images
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        order = self.sampler.indices()
+        order = torch.tensor(list(self.sampler), dtype=torch.int64)
         generator = torch.Generator().manual_seed(self.sampler.seed + self.sampler.epoch + 1)
         device = self.images.device
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             indices = order[start : start + self.batch_size]
             on_device = indices.to(device, non_blocking=True)
             images = self._augment(self.images[on_device], indices, generator)
-            if self.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
             yield images.to(self.dtype), self.labels[on_device]

@@ -9,15 +9,17 @@ Two layouts are understood:
   ``cifar10.npz`` (atomically) for every later run.
 """
 
-import hashlib
 import os
+import pickle
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from torchvision.datasets import CIFAR10
+from torchvision.datasets.utils import calculate_md5, download_and_extract_archive
 
 from cifar_lab.errors import (
     ChecksumError,
@@ -50,21 +52,13 @@ def published_checksums() -> dict[str, str]:
     return dict(CIFAR10.train_list + CIFAR10.test_list + [(CIFAR10.meta["filename"], CIFAR10.meta["md5"])])
 
 
-def md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def verify_batches(folder: Path) -> None:
     """Refuse any batch file that is missing or whose MD5 is not the published one."""
     for name, expected in published_checksums().items():
         path = folder / name
         if not path.is_file():
             raise DataNotFoundError(f"{path} is missing; delete {folder} and download CIFAR-10 again")
-        actual = md5(path)
+        actual = calculate_md5(path)
         if actual != expected:
             raise ChecksumError(
                 f"checksum mismatch for {path}: MD5 {actual}, expected {expected}. The file is corrupt or "
@@ -73,7 +67,8 @@ def verify_batches(folder: Path) -> None:
 
 
 def download_batches(data_dir: Path) -> None:
-    """Fetch torchvision's archive (it checks its MD5); an unwritable folder or no network is a clear error."""
+    """Fetch and unpack torchvision's archive (it checks the archive's MD5, not the files inside: those are
+    verify_batches' job); an unwritable folder or no network is a clear error."""
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=data_dir).close()  # fail before a long download, not after it
@@ -83,7 +78,7 @@ def download_batches(data_dir: Path) -> None:
             f"data.data_dir (or the CIFAR_LAB_DATA environment variable) at a writable folder."
         ) from err
     try:
-        CIFAR10(str(data_dir), train=True, download=True)
+        download_and_extract_archive(CIFAR10.url, str(data_dir), filename=CIFAR10.filename, md5=CIFAR10.tgz_md5)
     except OSError as err:  # urllib's URLError is an OSError
         raise DownloadError(
             f"downloading CIFAR-10 into {data_dir} failed ({err}). Check the network, or copy cifar10.npz or "
@@ -91,20 +86,38 @@ def download_batches(data_dir: Path) -> None:
         ) from err
 
 
+def _unpickle(path: Path) -> dict:
+    """Only for files verify_batches has passed: unpickling an unverified file can run arbitrary code."""
+    with path.open("rb") as f:
+        return pickle.load(f, encoding="latin1")
+
+
+def _read_split(folder: Path, files: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
+    """NHWC uint8 images and int64 labels of a split's batch files, laid out as torchvision's CIFAR10 reads them.
+
+    Hand-written because torchvision's CIFAR10 hashes every batch file again each time it is constructed.
+    """
+    entries = [_unpickle(folder / name) for name, _ in files]
+    images = np.vstack([entry["data"] for entry in entries]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    labels = np.asarray([label for entry in entries for label in entry["labels"]], dtype=np.int64)
+    return images, labels
+
+
 def read_batches(data_dir: Path, download: bool) -> CifarArrays:
     """Verified read of torchvision's batch files, downloading them first if allowed and absent."""
     folder = batches_dir(data_dir)
     if not folder.exists() and download:
         download_batches(data_dir)
-    verify_batches(folder)  # our own check first: its error names the file
-    train = CIFAR10(str(data_dir), train=True, download=False)
-    test = CIFAR10(str(data_dir), train=False, download=False)
+    verify_batches(folder)  # our own check first, and the only one: its error names the file
+    train_images, train_labels = _read_split(folder, CIFAR10.train_list)
+    test_images, test_labels = _read_split(folder, CIFAR10.test_list)
+    meta = _unpickle(folder / CIFAR10.meta["filename"])
     return CifarArrays(
-        train_images=train.data,
-        train_labels=np.asarray(train.targets, dtype=np.int64),
-        test_images=test.data,
-        test_labels=np.asarray(test.targets, dtype=np.int64),
-        classes=list(train.classes),
+        train_images=train_images,
+        train_labels=train_labels,
+        test_images=test_images,
+        test_labels=test_labels,
+        classes=list(meta[CIFAR10.meta["key"]]),
     )
 
 

@@ -1,16 +1,20 @@
-"""Read finished runs back: a run folder's TensorBoard scalars (tensorboard's EventAccumulator) and config.
+"""Run folders: where ``fit`` writes a run (``RunFolder``) and reading finished runs back (``load_run``:
+TensorBoard scalars through tensorboard's EventAccumulator, and the saved config).
 
-A run folder is ``runs/<backbone>/version_N/`` as written by ``cifar-lab fit``; ``test`` of one of
-its checkpoints logs into the same folder (see ``run_folder_of``).
+A run folder is ``<save_dir>/<name>/<version>/`` (``runs/<backbone>/version_N/`` by default) holding
+``config.yaml``, the TensorBoard event files and ``checkpoints/``; ``test`` of one of its checkpoints
+logs into the same folder.
 """
 
 import glob
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import yaml
+from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import (
     SCALARS,
     EventAccumulator,
@@ -21,10 +25,74 @@ from cifar_lab.errors import RunNotFoundError
 
 RUNS_DIR = "runs"  # where ``fit`` logs by default, relative to the working folder
 CONFIG_FILE = "config.yaml"
+CHECKPOINTS_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
 EVENTS_GLOB = "events.out.tfevents.*"
 GLOB_CHARS = "*?["
 HYPERPARAMETER_SECTIONS = ("seed_everything", "model", "data")
 TRAINER_HYPERPARAMETERS = ("max_epochs", "precision", "accumulate_grad_batches", "gradient_clip_val")
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The layout of one run folder, and the logger settings that make a ``fit`` or ``test`` write into it."""
+
+    path: Path
+
+    @classmethod
+    def of_checkpoint(cls, ckpt_path: str | Path | None) -> "RunFolder | None":
+        """The run a checkpoint was saved in (``<run>/checkpoints/x.ckpt`` beside ``<run>/config.yaml``)."""
+        if not ckpt_path:
+            return None
+        checkpoints = Path(ckpt_path).resolve().parent
+        run = cls(checkpoints.parent)
+        return run if checkpoints.name == CHECKPOINTS_DIR and run.config_file.is_file() else None
+
+    @classmethod
+    def next_version(cls, save_dir: Path, name: str) -> "RunFolder":
+        """Where the next ``fit`` logging to ``<save_dir>/<name>`` writes: the version TensorBoardLogger picks."""
+        return cls(save_dir / name / f"version_{TensorBoardLogger(save_dir, name=name).version}")
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @cached_property
+    def config(self) -> dict[str, Any]:
+        """The saved ``config.yaml`` (empty when missing)."""
+        return (yaml.safe_load(self.config_file.read_text()) or {}) if self.config_file.is_file() else {}
+
+    @property
+    def checkpoints(self) -> Path:
+        """``checkpoints/``, or the ``checkpoint.dirpath`` the run's config chose."""
+        dirpath = (self.config.get("checkpoint") or {}).get("dirpath")
+        return Path(dirpath) if dirpath else self.path / CHECKPOINTS_DIR
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / LAST_CHECKPOINT
+
+    @property
+    def saved_logger_dir(self) -> str | None:
+        """The TensorBoard ``save_dir`` in the saved config, as written there."""
+        logger = (self.config.get("trainer") or {}).get("logger") or {}
+        return (logger.get("init_args") or {}).get("save_dir") if isinstance(logger, dict) else None
+
+    def logger_location(self) -> dict[str, str]:
+        """TensorBoardLogger ``save_dir``/``name``/``version`` that lead into this folder.
+
+        The saved ``save_dir`` is kept when it still leads here (a run continued from the folder it
+        started in), so ModelCheckpoint recognises its own folder and keeps its best-k bookkeeping.
+        """
+        saved = self.saved_logger_dir
+        in_place = saved is not None and Path(saved).resolve() == self.path.resolve().parent.parent
+        return {"save_dir": saved if in_place else str(self.path.parent.parent), "name": self.path.parent.name,
+                "version": self.path.name}
+
+    def logger_args(self) -> list[str]:
+        """``logger_location`` as ``cifar-lab fit`` options."""
+        return [arg for key, value in self.logger_location().items()
+                for arg in (f"--trainer.logger.init_args.{key}", value)]
 
 
 @dataclass
@@ -67,9 +135,7 @@ def load_run(folder: Path) -> Run:
     accumulator.Reload()
     tags = accumulator.Tags()
     scalars = {tag: accumulator.Scalars(tag) for tag in tags["scalars"]}
-    config_path = folder / CONFIG_FILE
-    config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
-    return Run(folder, scalars, list(tags["images"]), config or {})
+    return Run(folder, scalars, list(tags["images"]), RunFolder(folder).config)
 
 
 def expand(paths: Iterable[str]) -> list[Path]:
@@ -81,15 +147,6 @@ def expand(paths: Iterable[str]) -> list[Path]:
         else:
             folders.append(Path(path))
     return folders
-
-
-def run_folder_of(ckpt_path: str | Path | None) -> Path | None:
-    """The run folder a checkpoint was saved in (``<run>/checkpoints/x.ckpt`` beside ``<run>/config.yaml``)."""
-    if not ckpt_path:
-        return None
-    checkpoints = Path(ckpt_path).resolve().parent
-    run = checkpoints.parent
-    return run if checkpoints.name == "checkpoints" and (run / CONFIG_FILE).is_file() else None
 
 
 def hyperparameters(config: dict[str, Any]) -> dict[str, Any]:

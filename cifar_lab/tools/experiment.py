@@ -3,7 +3,8 @@
 A suite is ``configs/experiments/<suite>/base.yaml`` plus one small YAML per variant, each differing from the
 others in one thing.
 
-    cifar-lab experiment batchnorm              # fit + test every variant, then results/batchnorm.md/.csv/.png
+    cifar-lab experiment batchnorm              # fit + test every variant, then runs/experiments/batchnorm.md/.csv/.png
+    cifar-lab experiment batchnorm --out results  # the same, writing the committed results/ tables
     cifar-lab experiment batchnorm --dry-run    # print the commands (e.g. for a cluster) and run nothing
     python scripts/run_experiment.py augmentation --epochs 2 -- --trainer.limit_train_batches 20
 
@@ -20,16 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lightning.pytorch.loggers import TensorBoardLogger
-
 from cifar_lab.errors import ConfigError, ExperimentFailedError
-from cifar_lab.reporting.runs import CONFIG_FILE, RUNS_DIR
+from cifar_lab.reporting.runs import RUNS_DIR, RunFolder
 from cifar_lab.tools.compare import compare
 
 BASE = "base.yaml"
 CONFIGS_DIR = Path("configs") / "experiments"
 EXPERIMENT_RUNS = Path(RUNS_DIR) / "experiments"
-RESULTS_DIR = Path("results")
+TABLES_DIR = EXPERIMENT_RUNS  # beside the suites' runs, ignored by git; ``--out results`` for the committed tables
 PROGRAM = "cifar-lab"
 
 
@@ -59,12 +58,6 @@ def load_suite(name: str, configs: Path = CONFIGS_DIR) -> Suite:
     return Suite(name, folder / BASE, variants)
 
 
-def next_run_folder(suite: Suite, variant: str) -> Path:
-    """Where the variant's next ``fit`` logs: the version the TensorBoard logger will pick there."""
-    save_dir = EXPERIMENT_RUNS / suite.name
-    return save_dir / variant / f"version_{TensorBoardLogger(save_dir, name=variant).version}"
-
-
 def fit_command(suite: Suite, variant: str, epochs: int | None, extra: list[str]) -> list[str]:
     """``cifar-lab fit`` of one variant, logging into ``runs/experiments/<suite>/<variant>/``."""
     logger = "--trainer.logger.init_args"
@@ -75,9 +68,9 @@ def fit_command(suite: Suite, variant: str, epochs: int | None, extra: list[str]
     return command + extra
 
 
-def evaluation_command(run: Path) -> list[str]:
-    """``cifar-lab test`` of a run's last checkpoint with the run's own config; it logs into ``run``."""
-    return [PROGRAM, "test", "--config", str(run / CONFIG_FILE), "--ckpt_path", str(run / "checkpoints" / "last.ckpt")]
+def evaluation_command(run: RunFolder) -> list[str]:
+    """``cifar-lab test`` of a run's last checkpoint with the run's own config; it logs into the run's folder."""
+    return [PROGRAM, "test", "--config", str(run.config_file), "--ckpt_path", str(run.last_checkpoint)]
 
 
 def compare_command(runs: list[Path], out: Path, name: str) -> list[str]:
@@ -89,16 +82,16 @@ def run_cli(command: list[str]) -> int:
     return subprocess.run([sys.executable, "-m", "cifar_lab", *command[1:]]).returncode
 
 
-def run_suite(suite: Suite, epochs: int | None = None, extra: list[str] | None = None, out: Path = RESULTS_DIR,
+def run_suite(suite: Suite, epochs: int | None = None, extra: list[str] | None = None, out: Path = TABLES_DIR,
               dry_run: bool = False, execute: Callable[[list[str]], int] = run_cli) -> list[Path]:
     """Fit and test every variant in turn, then compare them; returns the files written (none for a dry run)."""
-    runs = {variant: next_run_folder(suite, variant) for variant in suite.variants}
+    runs = {variant: RunFolder.next_version(EXPERIMENT_RUNS / suite.name, variant) for variant in suite.variants}
     plan = [(variant, command) for variant, run in runs.items()
             for command in (fit_command(suite, variant, epochs, extra or []), evaluation_command(run))]
     if dry_run:
         for _, command in plan:
             print(shlex.join(command))
-        print(shlex.join(compare_command(list(runs.values()), out, suite.name)))
+        print(shlex.join(compare_command([run.path for run in runs.values()], out, suite.name)))
         return []
     for variant, command in plan:
         print(f"{PROGRAM} experiment {suite.name}: {shlex.join(command)}", flush=True)
@@ -106,10 +99,10 @@ def run_suite(suite: Suite, epochs: int | None = None, extra: list[str] | None =
         if code != 0:
             raise ExperimentFailedError(f"experiment {suite.name}, variant {variant}: {command[1]} ended with exit "
                                         f"code {code} (see its output above): {shlex.join(command)}")
-        if command[1] == "fit" and not (runs[variant] / CONFIG_FILE).is_file():
+        if command[1] == "fit" and not runs[variant].config_file.is_file():
             raise ExperimentFailedError(f"experiment {suite.name}, variant {variant}: fit did not log into "
-                                        f"{runs[variant]}; do the extra options change trainer.logger?")
-    paths = compare(list(runs.values()), out, suite.name)
+                                        f"{runs[variant].path}; do the extra options change trainer.logger?")
+    paths = compare([run.path for run in runs.values()], out, suite.name)
     print(paths[0].read_text())
     print("wrote " + ", ".join(map(str, paths)))
     return paths
@@ -129,7 +122,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="print the commands instead of running them")
     parser.add_argument("--epochs", type=int, help="trainer.max_epochs of every variant (default: the suite's)")
     parser.add_argument("--configs", type=Path, default=CONFIGS_DIR, help="folder of the suites")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for <suite>.md/.csv/.png")
+    parser.add_argument("--out", type=Path, default=TABLES_DIR,
+                        help=f"folder for <suite>.md/.csv/.png (default: {TABLES_DIR}; 'results' for the committed tables)")
     return parser
 
 

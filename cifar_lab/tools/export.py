@@ -1,22 +1,25 @@
-"""``cifar-lab export``: a trained checkpoint as a self-contained ONNX or TorchScript model.
+"""``cifar-lab export``: a trained checkpoint as a self-contained ONNX model or ``torch.export`` program.
 
 The exported model takes ``[N, 3, 32, 32]`` float RGB in ``[0, 1]`` (any N) and returns class
-logits; CIFAR-10 normalisation is inside it. After writing, the file is loaded back (onnxruntime or
-``torch.jit.load``) and its outputs are compared with the PyTorch model's on random images and on
-CIFAR-10 test images. ``--quantize`` adds an int8 copy of the ONNX model made with onnxruntime's
-quantizer and compares accuracy and latency before and after.
+logits; CIFAR-10 normalisation is inside it. After writing, the file is loaded back (onnxruntime,
+``torch.export.load`` or ``torch.jit.load``) and its outputs are compared with the PyTorch model's on
+random images and on CIFAR-10 test images. ``--quantize`` adds an int8 copy of the ONNX model made
+with onnxruntime's quantizer and compares accuracy and latency before and after. ``--format
+torchscript`` (``torch.jit.trace``, deprecated by torch) still works but warns: use ``--format pt2``.
 
     cifar-lab export --ckpt_path runs/simple_cnn/version_0/checkpoints/last.ckpt --format onnx --out model.onnx
+    cifar-lab export --ckpt_path runs/simple_cnn/version_0/checkpoints/last.ckpt --format pt2 --out model.pt2
 """
 
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
-from jsonargparse import auto_cli
+from jsonargparse import ActionConfigFile, ArgumentParser
 from torch import Tensor, nn
 
 from cifar_lab.data import sources
@@ -43,19 +46,28 @@ class Normalized(nn.Module):
         return self.net((images - self.mean) / self.std)
 
 
+def traced_input() -> tuple[tuple[Tensor], tuple[dict[int, torch.export.Dim]]]:
+    """The example batch exporters trace with, and its batch dimension marked dynamic so the file takes any N."""
+    return (torch.rand(2, 3, 32, 32),), ({0: torch.export.Dim("batch", min=1)},)
+
+
 def export_onnx(model: nn.Module, out: Path) -> None:
     try:
         import onnxscript  # noqa: F401  (torch's ONNX exporter builds the graph with it)
     except ImportError as err:
         raise ConfigError(NEEDS_EXTRA) from err
-    example = torch.rand(2, 3, 32, 32)
-    batch = torch.export.Dim("batch", min=1)
-    torch.onnx.export(model, (example,), out, input_names=["images"], output_names=["logits"],
-                      dynamic_shapes=({0: batch},), dynamo=True, external_data=False, verbose=False)
+    example, dynamic_shapes = traced_input()
+    torch.onnx.export(model, example, out, input_names=["images"], output_names=["logits"],
+                      dynamic_shapes=dynamic_shapes, dynamo=True, external_data=False, verbose=False)
+
+
+def export_pt2(model: nn.Module, out: Path) -> None:
+    example, dynamic_shapes = traced_input()
+    torch.export.save(torch.export.export(model, example, dynamic_shapes=dynamic_shapes), out)
 
 
 def export_torchscript(model: nn.Module, out: Path) -> None:
-    torch.jit.trace(model, torch.rand(2, 3, 32, 32)).save(str(out))
+    torch.jit.trace(model, traced_input()[0]).save(str(out))
 
 
 def onnx_runner(path: Path) -> Runner:
@@ -69,16 +81,6 @@ def onnx_runner(path: Path) -> Runner:
     return lambda images: session.run(None, {"images": images})[0]
 
 
-def torchscript_runner(path: Path) -> Runner:
-    scripted = torch.jit.load(str(path), map_location="cpu").eval()
-
-    def run(images: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return scripted(torch.from_numpy(images)).numpy()
-
-    return run
-
-
 def torch_runner(model: nn.Module) -> Runner:
     def run(images: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
@@ -87,7 +89,19 @@ def torch_runner(model: nn.Module) -> Runner:
     return run
 
 
-EXPORTERS = {"onnx": (export_onnx, onnx_runner), "torchscript": (export_torchscript, torchscript_runner)}
+def pt2_runner(path: Path) -> Runner:
+    return torch_runner(torch.export.load(path).module())
+
+
+def torchscript_runner(path: Path) -> Runner:
+    return torch_runner(torch.jit.load(str(path), map_location="cpu").eval())
+
+
+EXPORTERS = {
+    "onnx": (export_onnx, onnx_runner),
+    "pt2": (export_pt2, pt2_runner),
+    "torchscript": (export_torchscript, torchscript_runner),
+}
 
 
 def max_difference(reference: Runner, exported: Runner, images: np.ndarray) -> float:
@@ -150,7 +164,7 @@ def quantize_onnx(fp32: Path, out: Path, mode: Literal["dynamic", "static"], cal
 def export(
     ckpt_path: str,
     out: str,
-    format: Literal["onnx", "torchscript"] = "onnx",  # noqa: A002  (the option is --format)
+    format: Literal["onnx", "pt2", "torchscript"] = "onnx",  # noqa: A002  (the option is --format)
     quantize: Literal["none", "dynamic", "static"] = "none",
     data_dir: str | None = None,
     eval_images: int = 10000,
@@ -162,8 +176,9 @@ def export(
 
     Args:
         ckpt_path: checkpoint written by ``cifar-lab fit``.
-        out: the file to write (``.onnx`` or ``.pt``).
-        format: ``onnx`` (run with onnxruntime) or ``torchscript`` (``torch.jit.load``).
+        out: the file to write (``.onnx``, ``.pt2`` or ``.pt``).
+        format: ``onnx`` (run with onnxruntime), ``pt2`` (a ``torch.export`` program, run with
+            ``torch.export.load``) or ``torchscript`` (``torch.jit.trace``, deprecated: use ``pt2``).
         quantize: also write ``<out>.int8.onnx`` with int8 weights (``dynamic``) or int8 weights and
             activations calibrated on training images (``static``); ONNX only.
         data_dir: CIFAR-10 folder for the real-image check, calibration and accuracy; null means
@@ -176,6 +191,11 @@ def export(
     """
     if quantize != "none" and format != "onnx":
         raise ConfigError("--quantize works on the ONNX model: add --format onnx")
+    if format == "pt2" and not out.endswith(".pt2"):  # torch.export.save warns on other names, to refuse them later
+        raise ConfigError(f"--format pt2 writes a .pt2 archive: give --out a .pt2 name, not {out}")
+    if format == "torchscript":
+        warnings.warn("--format torchscript is deprecated, as torch.jit.trace is: use --format pt2 (torch.export)",
+                      FutureWarning, stacklevel=2)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -234,5 +254,15 @@ def print_report(rows: list[tuple[str, Runner, Path | None]], images: np.ndarray
         print(f"(accuracy on the first {len(labels)} CIFAR-10 test images)")
 
 
-def main(args: list[str] | None = None) -> None:
-    auto_cli(export, args=args, as_positional=False, prog="cifar-lab export")
+def parser() -> ArgumentParser:
+    """The options of ``export`` with its docstring as help; a bad value raises (the CLI prints one line)."""
+    tool = ArgumentParser(prog="cifar-lab export", description=export.__doc__.split("\n")[0], exit_on_error=False)
+    tool.add_argument("--config", action=ActionConfigFile, help="a YAML file of these options")
+    tool.add_function_arguments(export, as_positional=False, as_group=False)
+    return tool
+
+
+def main(argv: list[str]) -> None:
+    options = parser().parse_args(argv)
+    options.pop("config")  # already merged into the other options
+    export(**options.as_dict())
