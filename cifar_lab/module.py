@@ -7,8 +7,8 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import Tensor
 from lightning.pytorch.utilities import rank_zero_deprecation
+from torch import Tensor
 from torchmetrics import ClasswiseWrapper, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 

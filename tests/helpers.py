@@ -16,6 +16,7 @@ from types import ModuleType
 
 import lightning as L
 import numpy as np
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cifar_lab.data.datamodule import CIFAR10DataModule
@@ -75,6 +76,27 @@ def read_scalars(events: Path, tag: str) -> dict[int, float]:
     accumulator = EventAccumulator(str(events))
     accumulator.Reload()
     return {event.step: event.value for event in accumulator.Scalars(tag)}
+
+
+def learning_rates(make_schedule, steps: int) -> list[float]:
+    """The learning rate of each of the first ``steps`` steps of ``make_schedule(optimizer)`` over an SGD at lr 1,
+    which makes each value the schedule's factor."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    schedule = make_schedule(optimizer)
+    lrs = []
+    for _ in range(steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    return lrs
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    """Two checkpoints hold bit-for-bit the same tensors under the same names."""
+    first, second = (torch.load(path, weights_only=True)["state_dict"] for path in (a, b))
+    assert first.keys() == second.keys()
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
 
 
 TINY_DATA = ["--data.val_size", "50", "--data.batch_size", "32", "--data.num_workers", "0"]

@@ -6,11 +6,12 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from torch.utils.data import DataLoader, TensorDataset
 
 from cifar_lab.data import CIFAR10DataModule
 from cifar_lab.module import ImageClassifier, accuracy_metrics
 from cifar_lab.schedules import WarmupCosineLR, build_scheduler
-from tests.helpers import read_scalars, tiny_trainer
+from tests.helpers import CLASSES, learning_rates, read_scalars, tiny_trainer
 
 
 def test_one_sgd_step_lowers_the_loss_on_a_fixed_batch() -> None:
@@ -91,32 +92,48 @@ def test_accuracy_metrics_match_hand_computed_values() -> None:
     assert values["val/acc_top5"] == pytest.approx(1.0)
 
 
-def test_test_metrics_include_per_class_accuracy_by_name(npz_dir: Path) -> None:
-    dm = CIFAR10DataModule(str(npz_dir), download=False, batch_size=32, num_workers=0, val_size=50)
-    model = ImageClassifier("simple_cnn", class_names=dm.classes)
-    (results,) = tiny_trainer().test(model, dm, verbose=False)
-    per_class = [results[f"test/acc_{name}"] for name in dm.classes]
-    assert {"test/acc", "test/acc_top5", "test/loss"} <= results.keys()
-    counts = torch.bincount(dm.datasets["test"].labels, minlength=10).float()
-    assert results["test/acc"] == pytest.approx(float((torch.tensor(per_class) * counts).sum() / counts.sum()), abs=1e-5)
+class LogitsInTheFirstRow(torch.nn.Module):
+    """A backbone that outputs what its input holds: each test image carries its logits."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images[:, 0, 0, :10]
+
+
+def test_test_metrics_include_per_class_accuracy_by_name() -> None:
+    # Four images of each class; class c is recognised in 4, 3, 2, 1, 0, 4, 3, ... of them. A miss
+    # predicts the next class and ranks the right one second: still in the top 5.
+    labels = torch.arange(10).repeat_interleave(4)
+    right = torch.tensor([4, 3, 2, 1, 0] * 2)
+    hits = torch.arange(4).repeat(10) < right.repeat_interleave(4)
+    logits = torch.zeros(40, 10)
+    logits[torch.arange(40), labels] = torch.where(hits, 1.0, 0.5)
+    logits[torch.arange(40)[~hits], (labels[~hits] + 1) % 10] = 1.0
+    images = torch.zeros(40, 3, 32, 32)
+    images[:, 0, 0, :10] = logits
+    model = ImageClassifier("simple_cnn", class_names=CLASSES)
+    model.backbone = LogitsInTheFirstRow()
+    loader = DataLoader(TensorDataset(images, labels), batch_size=16)
+    (results,) = tiny_trainer().test(model, loader, verbose=False)
+    assert results == pytest.approx({
+        "test/acc": 20 / 40, "test/acc_top5": 1.0,
+        "test/loss": float(torch.nn.functional.cross_entropy(logits, labels)),
+        **{f"test/acc_{name}": n / 4 for name, n in zip(CLASSES, right.tolist())},
+    })
 
 
 def test_warmup_cosine_follows_its_formula() -> None:
-    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    schedule = WarmupCosineLR(optimizer, T_max=10, warmup=2)
-    lrs = []
-    for _ in range(11):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        schedule.step()
+    lrs = learning_rates(partial(WarmupCosineLR, T_max=10, warmup=2), 11)
     assert lrs[:3] == pytest.approx([0.5, 1.0, 1.0])
     assert lrs[6] == pytest.approx(0.5 * (1 + math.cos(math.pi * 4 / 8)))
     assert lrs[10] == pytest.approx(0.0)
 
 
 def test_schedule_length_is_filled_in_only_when_the_config_leaves_it_out() -> None:
+    filled = learning_rates(lambda optimizer: build_scheduler(partial(WarmupCosineLR, T_max=None), optimizer, 30), 31)
+    assert filled[0] == 1.0 and filled[15] == pytest.approx(0.5) and filled[30] == pytest.approx(0.0)  # cosine over 30
+    kept = learning_rates(lambda optimizer: build_scheduler(partial(WarmupCosineLR, T_max=10), optimizer, 30), 11)
+    assert kept[5] == pytest.approx(0.5) and kept[10] == pytest.approx(0.0)  # cosine over 10
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    assert build_scheduler(partial(WarmupCosineLR, T_max=None), optimizer, 30).lr_lambdas[0] is not None
     one_cycle = build_scheduler(partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.1), optimizer, 120)
     assert one_cycle.total_steps == 120
     given = build_scheduler(partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.1, total_steps=7), optimizer, 120)

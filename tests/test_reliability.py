@@ -1,5 +1,6 @@
 """A run survives SIGKILL and resumes to the same result, repeats exactly, and stops when it diverges."""
 
+import re
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ from cifar_lab.cli import main
 from tests.helpers import (
     CONFIGS,
     TINY_DATA,
+    assert_same_weights,
     cifar_lab,
     cli_env,
     one_line_error,
@@ -20,9 +22,11 @@ from tests.helpers import (
 )
 
 EPOCHS = 3
+STEPS_PER_EPOCH = 4
 RUN = ["--config", str(CONFIGS / "simple_cnn.yaml"), "--config", str(CONFIGS / "trainer/cpu.yaml"), *TINY_DATA,
-       "--trainer.max_epochs", str(EPOCHS), "--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", "1",
-       "--trainer.log_every_n_steps", "1", "--trainer.deterministic", "true", "--trainer.enable_progress_bar", "false"]
+       "--trainer.max_epochs", str(EPOCHS), "--trainer.limit_train_batches", str(STEPS_PER_EPOCH),
+       "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1", "--trainer.deterministic", "true",
+       "--trainer.enable_progress_bar", "false"]
 TAGS = ("val/acc", "val/loss", "train/loss_epoch", "train/acc")
 
 
@@ -30,17 +34,6 @@ def fit_in_process(save_dir: Path, data_dir: Path) -> Path:
     """The CLI's ``fit`` in this process (no start-up cost); returns the run folder."""
     main(["fit", *RUN, "--data.data_dir", str(data_dir), "--trainer.logger.init_args.save_dir", str(save_dir)])
     return save_dir / "simple_cnn" / "version_0"
-
-
-def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
-    return torch.load(checkpoint, weights_only=True)["state_dict"]
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    first, second = weights(a), weights(b)
-    assert first.keys() == second.keys()
-    for name in first:
-        assert torch.equal(first[name], second[name]), name
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +46,7 @@ def test_same_config_and_seed_give_identical_metrics_and_weights(straight_run: P
     again = fit_in_process(tmp_path / "runs", npz_dir)
     for tag in TAGS:
         first = read_scalars(straight_run, tag)
-        assert len(first) >= EPOCHS
+        assert len(first) == EPOCHS, tag  # once an epoch
         assert read_scalars(again, tag) == first, tag
     assert_same_weights(straight_run / "checkpoints/last.ckpt", again / "checkpoints/last.ckpt")
     assert yaml.safe_load((again / "config.yaml").read_text())["seed_everything"] == 42
@@ -85,7 +78,7 @@ def test_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_result(strai
 
 @pytest.fixture(scope="module")
 def diverged(npz_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
-    """A run whose learning rate grows 10^6-fold each epoch after a sane first epoch, with a random seed."""
+    """A run whose learning rate grows 10^6-fold each epoch after a sane first epoch, its seed left to the run."""
     cwd = tmp_path_factory.mktemp("diverge")
     result = cifar_lab("fit", *RUN, "--seed_everything", "true",
                        "--model.lr_scheduler.class_path", "torch.optim.lr_scheduler.ExponentialLR",
@@ -96,15 +89,20 @@ def diverged(npz_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
 def test_diverging_run_stops_naming_the_step_and_the_last_good_checkpoint(diverged) -> None:
     run, result = diverged
     line = one_line_error(result)
-    last = run.resolve() / "checkpoints" / "last.ckpt"
-    assert "training diverged" in line and " at step " in line
-    assert f"Last good checkpoint: {last.relative_to(run.parents[2])}" in line or str(last) in line
+    last = run / "checkpoints" / "last.ckpt"
+    named = re.search(r"training diverged: the training loss is (nan|inf) at step (\d+) \(epoch (\d+)\)\. "
+                      r"Last good checkpoint: (\S+)\. ", line)
+    assert named, line
+    step, epoch, path = int(named[2]), int(named[3]), Path(named[4])
+    assert path == last.relative_to(run.parents[2])  # as the run's logger (save_dir runs/) names it
     checkpoint = torch.load(last, weights_only=True)
-    assert checkpoint["epoch"] < EPOCHS - 1  # it stopped early
+    assert epoch < EPOCHS - 1 and checkpoint["epoch"] == epoch - 1  # stopped early; saved the epoch before
+    assert checkpoint["global_step"] < step <= checkpoint["global_step"] + STEPS_PER_EPOCH
     assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values())
 
 
-def test_a_random_seed_is_written_to_the_saved_config(diverged) -> None:
-    run, _ = diverged
+def test_the_seed_the_run_chose_is_written_to_the_saved_config(diverged) -> None:
+    run, result = diverged
     seed = yaml.safe_load((run / "config.yaml").read_text())["seed_everything"]
     assert isinstance(seed, int) and not isinstance(seed, bool)
+    assert re.findall(r"^Seed set to (\d+)$", result.stderr, re.MULTILINE) == [str(seed)]  # Lightning's own report

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Literal
 
 import lightning as L
-from lightning.pytorch.utilities import rank_zero_deprecation
 import torch
+from lightning.pytorch.utilities import rank_zero_deprecation
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
