@@ -8,7 +8,25 @@ from torchvision.datasets import CIFAR10
 
 from cifar_lab.data.datamodule import CIFAR10DataModule
 from cifar_lab.module import ImageClassifier
-from tests.helpers import CLASSES, write_batches, write_npz
+from tests.helpers import CLASSES, ROOT, write_batches, write_npz
+from tests.worktree import files_in
+
+WORKTREE_FILES = pytest.StashKey[set[Path]]()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[WORKTREE_FILES] = files_in(ROOT)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run when a test left files in the working tree: tests write into temporary folders only."""
+    left = sorted(map(str, files_in(ROOT) - session.config.stash.get(WORKTREE_FILES, set())))
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = f"tests left {len(left)} file(s) in the working tree: {', '.join(left[:10])}"
+        if reporter is not None:
+            reporter.write_line(message, red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ Defaults every run gets: best/last checkpoints on ``val/acc``, a learning-rate m
 TensorBoard logger writing ``runs/<backbone>/version_N/`` with the full ``config.yaml`` beside it.
 """
 
+import logging
 import os
 import sys
 import warnings
@@ -42,6 +43,8 @@ from cifar_lab.tools import TOOLS, tool_main
 DEBUG_ENV = "CIFAR_LAB_DEBUG"
 CKPT_ALIASES = {"last", "best", "hpc"}  # ckpt_path values Lightning resolves itself
 LOCAL_PROTOCOLS = {"file", "local"}  # fsspec's names for the local file system
+LIGHTNING_INFO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+CHATTER = ("💡 Tip:", "TPU available:", "HPU available:")
 
 
 class CifarLabCLI(LightningCLI):
@@ -134,6 +137,25 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+class StartupChatterFilter(logging.Filter):
+    """Drops Lightning's start-up lines that ask nothing of a user: advertisements and absent accelerator kinds."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(CHATTER)
+
+
+def silence_startup_chatter() -> None:
+    """Keep what a user can act on (warnings, the device in use, the model summary); drop the rest."""
+    for name in LIGHTNING_INFO_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, StartupChatterFilter) for f in logger.filters):
+            logger.addFilter(StartupChatterFilter())
+    # TensorBoard's model graph is drawn with torch.jit.trace, which torch now warns about on every run.
+    warnings.filterwarnings("ignore", r"`torch\.jit\.trace", FutureWarning)
+    # Lightning's own use of a torch API that torch deprecated; nothing in a config can change it.
+    warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
 def build_cli(args: list[str] | None = None, run: bool = True) -> CifarLabCLI:
     """The LightningCLI of ``cifar-lab``, after running the subcommand in ``args`` (default: sys.argv);
     ``run=False`` parses and instantiates only (``args`` then has no subcommand)."""
@@ -161,8 +183,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> CifarLabCLI:
 def main(args: list[str] | None = None) -> None:
     """Console entry point; input errors end as one line on stderr unless CIFAR_LAB_DEBUG=1."""
     argv = sys.argv[1:] if args is None else args
-    # TensorBoard's model graph is drawn with torch.jit.trace, which torch now warns about on every run.
-    warnings.filterwarnings("ignore", r"`torch\.jit\.trace", FutureWarning)
+    silence_startup_chatter()
     try:
         if argv and argv[0] in TOOLS:
             tool_main(argv[0])(argv[1:])
