@@ -1,11 +1,14 @@
 import io as io_module
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from lightning.fabric.plugins.io import torch_io
 
 from cifar_lab.checkpoint_io import AtomicCheckpointIO, check_state_dict_fits
+from cifar_lab.cli import build_cli, main
 from cifar_lab.errors import CheckpointError
 
 
@@ -40,3 +43,21 @@ def test_weights_of_another_shape_are_refused_naming_both_networks() -> None:
     with pytest.raises(CheckpointError, match=r"holds five but this run builds ten \(0 missing and 0 unexpected "
                                               r"tensors, bias is \[5\] there but \[10\] here\)"):
         check_state_dict_fits(here, there.state_dict(), expected="ten", found="five")
+
+
+@pytest.mark.parametrize("ckpt_path", ["s3://bucket/runs/last.ckpt", "registry:simple-cnn:latest", "best"])
+def test_ckpt_paths_lightning_resolves_itself_pass_the_pre_check(
+        ckpt_path: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(sys, "argv", ["cifar-lab"])
+    with pytest.raises(SystemExit) as exit_info:  # --print_config: parsed, printed, nothing run
+        build_cli(["test", "--ckpt_path", ckpt_path, "--print_config"])
+    assert exit_info.value.code in (0, None)
+    assert yaml.safe_load(capsys.readouterr().out)["ckpt_path"] == ckpt_path
+
+
+def test_a_missing_local_ckpt_path_is_refused_before_anything_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(sys, "argv", ["cifar-lab"])
+    with pytest.raises(SystemExit):
+        main(["test", "--ckpt_path", str(tmp_path / "gone.ckpt")])
+    assert capsys.readouterr().err == f"cifar-lab: error: checkpoint {tmp_path / 'gone.ckpt'} does not exist\n"

@@ -4,10 +4,23 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
-from cifar_lab.cli import build_cli
-from tests.helpers import SMOKE, cifar_lab, one_line_error
+from cifar_lab.cli import build_cli, main
+from cifar_lab.data import CIFAR10DataModule
+from cifar_lab.module import load_classifier
+from tests.helpers import (
+    CLASSES,
+    SMOKE,
+    TEST_SIZE,
+    assert_same_weights,
+    cifar_lab,
+    one_line_error,
+    read_scalars,
+)
+
+RUN = Path("runs") / "simple_cnn" / "version_0"  # where fit writes the first simple_cnn run
 
 
 @pytest.fixture(scope="module")
@@ -20,41 +33,64 @@ def fitted_run(npz_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_fit_writes_checkpoints_config_and_tensorboard_events(fitted_run: Path) -> None:
-    run = fitted_run / "runs" / "simple_cnn" / "version_0"
-    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
-    assert "last.ckpt" in checkpoints
-    assert not [name for name in checkpoints if name.endswith(".tmp")]
-    assert any(name.startswith("epoch000-val_acc") for name in checkpoints)
-    assert list(run.glob("events.out.tfevents.*"))
+    run = fitted_run / RUN
+    (val_acc,) = read_scalars(run, "val/acc").values()  # one epoch
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [f"epoch000-val_acc{val_acc:.4f}.ckpt",
+                                                                        "last.ckpt"]
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["model"]["backbone"] == "simple_cnn"
     assert config["seed_everything"] == 42
     assert config["trainer"]["max_epochs"] == 1
 
 
-def test_saved_config_repeats_the_run_and_test_reports_accuracy(fitted_run: Path, npz_dir: Path) -> None:
-    run = fitted_run / "runs" / "simple_cnn" / "version_0"
-    result = cifar_lab("test", "--config", str(run / "config.yaml"), "--ckpt_path",
-                       str(run / "checkpoints" / "last.ckpt"), cwd=fitted_run, data_dir=npz_dir)
+def printed_metrics(stdout: str) -> dict[str, float]:
+    """The table Lightning prints at the end of ``test``, rows like ``│ test/acc │ 0.1166 │``."""
+    rows = [line.split("│")[1:3] for line in stdout.splitlines() if line.startswith("│")]
+    return {name.strip(): float(value) for name, value in rows}
+
+
+def test_saved_config_repeats_the_run_and_test_reports_accuracy(fitted_run: Path, npz_dir: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    run, last = fitted_run / RUN, fitted_run / RUN / "checkpoints" / "last.ckpt"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CIFAR_LAB_DATA", str(npz_dir))
+    main(["fit", "--config", str(run / "config.yaml")])  # in this process, which saves the start-up time
+    assert_same_weights(tmp_path / RUN / "checkpoints" / "last.ckpt", last)
+    assert read_scalars(tmp_path / RUN, "val/acc") == read_scalars(run, "val/acc")
+
+    result = cifar_lab("test", "--config", str(run / "config.yaml"), "--ckpt_path", str(last), cwd=fitted_run,
+                       data_dir=npz_dir)
     assert result.returncode == 0, result.stderr[-3000:]
-    for metric in ("test/acc", "test/acc_top5", "test/loss", "test/acc_airplane"):
-        assert metric in result.stdout
+    printed = printed_metrics(result.stdout)
+    assert sorted(printed) == sorted(["test/acc", "test/acc_top5", "test/loss", *(f"test/acc_{c}" for c in CLASSES)])
+    datamodule = CIFAR10DataModule(str(npz_dir), download=False, num_workers=0, val_size=50)
+    datamodule.setup("test")
+    images, labels = map(torch.cat, zip(*datamodule.test_dataloader()))
+    assert len(labels) == TEST_SIZE  # all of them within the smoke preset's limit_test_batches
+    with torch.no_grad():
+        right = load_classifier(last)(images).argmax(dim=1) == labels
+    assert printed["test/acc"] == pytest.approx(float(right.float().mean()))
+    assert list(read_scalars(run, "test/acc").values()) == pytest.approx([printed["test/acc"]])
 
 
 def test_fit_runs_in_bf16_mixed_precision_on_the_cpu(npz_dir: Path, tmp_path: Path) -> None:
     result = cifar_lab("fit", *SMOKE, "--trainer.precision", "bf16-mixed", "--model.backbone", "resnet18",
                        "--trainer.limit_train_batches", "2", cwd=tmp_path, data_dir=npz_dir)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (tmp_path / "runs" / "resnet18" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+    assert "Using bfloat16 Automatic Mixed Precision (AMP)" in result.stderr
+    run = tmp_path / "runs" / "resnet18" / "version_0"
+    assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["precision"] == "bf16-mixed"
+    weights = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float32}  # mixed: fp32 weights
 
 
-def test_unknown_backbone_is_aone_line_error(npz_dir: Path, tmp_path: Path) -> None:
+def test_unknown_backbone_is_a_one_line_error(npz_dir: Path, tmp_path: Path) -> None:
     result = cifar_lab("fit", *SMOKE, "--model.backbone", "resnet19", cwd=tmp_path, data_dir=npz_dir)
     line = one_line_error(result)
     assert "unknown backbone 'resnet19'" in line and "simple_cnn" in line and "resnet18" in line
 
 
-def test_missing_data_without_download_is_aone_line_error(tmp_path: Path) -> None:
+def test_missing_data_without_download_is_a_one_line_error(tmp_path: Path) -> None:
     missing = tmp_path / "no_data"
     result = cifar_lab("fit", *SMOKE, "--data.download", "false", cwd=tmp_path, data_dir=missing)
     line = one_line_error(result)
@@ -78,8 +114,8 @@ def test_models_command_prints_parameters_and_mflops(tmp_path: Path) -> None:
     assert rows[1].split() == ["|", "`resnet18`", "|", "11,173,962", "|", "1,110.8", "|"]
 
 
-def test_python_m_cifar_lab_models_suggests_the_closest_name(tmp_path: Path) -> None:
-    result = cifar_lab("resnet19", cwd=tmp_path, data_dir=tmp_path, module="cifar_lab.models")
+def test_models_command_suggests_the_closest_name(tmp_path: Path) -> None:
+    result = cifar_lab("models", "resnet19", cwd=tmp_path, data_dir=tmp_path)
     line = one_line_error(result)
     assert "unknown backbone 'resnet19' (did you mean 'resnet18'?)" in line and "vgg16" in line
 

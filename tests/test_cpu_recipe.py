@@ -37,8 +37,8 @@ def test_threads_left_null_keep_torchs_default(npz_dir: Path, tmp_path: Path, re
     assert torch.get_num_threads() == restore_threads
 
 
-def test_zero_threads_is_aone_line_error(npz_dir: Path, restore_threads: int,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_zero_threads_is_a_one_line_error(npz_dir: Path, restore_threads: int,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--threads", "0", "--data.data_dir", str(npz_dir)])
     assert exit_info.value.code == 1

@@ -54,6 +54,11 @@ def scalar_values(accumulator: EventAccumulator, tag: str) -> list[float]:
     return [event.value for event in accumulator.Scalars(tag)]
 
 
+def markdown_cells(table: str) -> list[list[str]]:
+    """The stripped cells of each row of a Markdown table, whatever its padding."""
+    return [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in table.splitlines()]
+
+
 def assert_png(path: Path, min_side: int = 64) -> None:
     with Image.open(path) as image:
         assert image.format == "PNG"
@@ -69,7 +74,10 @@ def test_fit_logs_scalars_hparams_graph_and_figures(runs: Path) -> None:
                 "train/images_per_s", "hp_metric"):
         assert tag in tags["scalars"], tag
     assert scalar_values(accumulator, "hp_metric")[-1] == pytest.approx(max(scalar_values(accumulator, "val/acc")))
-    assert scalar_values(accumulator, "train/images_per_s")[0] > 0
+    assert scalar_values(accumulator, "lr-SGD") == [pytest.approx(0.05 / 2)]  # the first of 2 warm-up epochs
+    (images_per_s,) = scalar_values(accumulator, "train/images_per_s")
+    (epoch_time_s,) = scalar_values(accumulator, "train/epoch_time_s")
+    assert images_per_s > 4 * 32 / epoch_time_s  # the smoke preset's 4 batches of 32, in part of the epoch's time
     for tag in ("val/confusion_matrix", "val/per_class_accuracy", "val/predictions", "filters/first_conv",
                 "test/confusion_matrix", "test/per_class_accuracy", "test/predictions"):
         assert tag in tags["images"], tag
@@ -95,12 +103,9 @@ def test_test_logs_into_the_checkpoints_run_and_writes_its_report(runs: Path) ->
     accumulator = events(run)
     assert len(scalar_values(accumulator, "test/acc")) == 1
     assert_png(run / "curves.png", min_side=200)
-    table = (run / "per_class_accuracy.md").read_text().splitlines()
-    assert len(table) == 2 + len(CLASSES) + 1
-    for line, name in zip(table[2:], CLASSES):
-        cells = [cell.strip() for cell in line.strip("|").split("|")]
-        assert cells == [name, f"{scalar_values(accumulator, f'test/acc_{name}')[0]:.4f}"]
-    assert table[-1] == f"| **all** | {scalar_values(accumulator, 'test/acc')[0]:.4f} |"
+    table = markdown_cells((run / "per_class_accuracy.md").read_text())
+    assert table[2:] == [*([name, f"{scalar_values(accumulator, f'test/acc_{name}')[0]:.4f}"] for name in CLASSES),
+                         ["**all**", f"{scalar_values(accumulator, 'test/acc')[0]:.4f}"]]
 
 
 def test_compare_writes_a_table_matching_the_event_files(runs: Path) -> None:
@@ -118,19 +123,25 @@ def test_compare_writes_a_table_matching_the_event_files(runs: Path) -> None:
         accumulator = events(runs / "runs" / row["run"])
         assert float(row["best_val_acc"]) == pytest.approx(max(scalar_values(accumulator, "val/acc")))
         assert float(row["images_per_s"]) == pytest.approx(scalar_values(accumulator, "train/images_per_s")[0])
-        assert row["epochs"] == "1" and float(row["wall_time_s"]) > 0
+        assert row["epochs"] == "1"
+        fit_times = [event.wall_time for tag in ("hp_metric", "train/loss_epoch", "val/acc")
+                     for event in accumulator.Scalars(tag)]
+        assert float(row["wall_time_s"]) == pytest.approx(max(fit_times) - min(fit_times))
     assert float(rows[0]["test_acc"]) == pytest.approx(
         scalar_values(events(runs / "runs" / "simple_cnn" / "version_0"), "test/acc")[0])
     assert rows[1]["test_acc"] == ""  # never tested: blank
     assert int(rows[0]["parameters"]) == 620_362
     assert int(rows[1]["parameters"]) == sum(p.numel() for p in create("simple_cnn", widths=[8, 16]).parameters())
     assert rows[0]["model.backbone_kwargs.widths"] == "" and rows[1]["model.backbone_kwargs.widths"] == "[8, 16]"
-    markdown = (runs / "cmp" / "comparison.md").read_text().splitlines()
-    assert len(markdown) == 4 and "| simple_cnn/version_1 | simple_cnn | " in markdown[3]
+    header, _, *lines = markdown_cells((runs / "cmp" / "comparison.md").read_text())
+    assert header == list(rows[0])
+    best = header.index("best_val_acc")
+    assert [(line[0], line[best]) for line in lines] == [(row["run"], f"{float(row['best_val_acc']):.4f}")
+                                                          for row in rows]
     assert_png(runs / "cmp" / "comparison.png", min_side=200)
 
 
-def test_compare_without_any_run_is_aone_line_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_compare_without_any_run_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "not_a_run").mkdir()
     with pytest.raises(SystemExit) as exit_info:
         main(["compare", str(tmp_path / "not_a_run"), "--out", str(tmp_path / "cmp")])
@@ -169,7 +180,7 @@ def test_grad_cam_highlights_where_the_class_evidence_is() -> None:
 
 
 def test_markdown_table_leaves_missing_values_blank() -> None:
-    assert markdown_table(["a", "b"], [[1, None]]) == "| a | b |\n| --- | --- |\n| 1 |  |\n"
+    assert markdown_cells(markdown_table(["a", "b"], [[1, None]])) == [["a", "b"], ["---", "---"], ["1", ""]]
 
 
 def test_figures_switched_off_collect_nothing(tmp_path: Path) -> None:

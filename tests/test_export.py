@@ -69,7 +69,7 @@ def test_pt2_export_through_main_matches_pytorch_at_another_batch_size(
     assert np.abs(logits - pytorch_logits(checkpoint, test_images)).max() < 1e-4
     report = capsys.readouterr().out
     assert "on 60 cifar10-test images" in report
-    assert any(line.startswith("pt2 ") for line in report.splitlines())  # its size and latency row
+    assert any(line.startswith("| pt2 ") for line in report.splitlines())  # its size and latency row
 
 
 def test_torchscript_export_still_matches_pytorch_and_warns_it_is_deprecated(

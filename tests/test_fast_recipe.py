@@ -14,7 +14,7 @@ from cifar_lab.models import create
 from cifar_lab.module import ImageClassifier
 from cifar_lab.optim import apply_group_scales, parameter_groups
 from cifar_lab.schedules import PiecewiseLinearLR
-from tests.helpers import load_benchmark
+from tests.helpers import learning_rates, load_benchmark
 
 
 def test_patch_whitening_decorrelates_the_first_layer() -> None:
@@ -86,13 +86,8 @@ def test_lookahead_pulls_weights_towards_the_slow_copy() -> None:
 
 
 def test_piecewise_linear_schedule_interpolates_between_milestones() -> None:
-    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    schedule = PiecewiseLinearLR(optimizer, milestones=[0.0, 0.25, 1.0], factors=[0.2, 1.0, 0.1], total_steps=100)
-    lrs = []
-    for _ in range(101):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        schedule.step()
+    lrs = learning_rates(partial(PiecewiseLinearLR, milestones=[0.0, 0.25, 1.0], factors=[0.2, 1.0, 0.1],
+                                 total_steps=100), 101)
     assert lrs[0] == pytest.approx(0.2) and lrs[25] == pytest.approx(1.0) and lrs[100] == pytest.approx(0.1)
     assert lrs[10] == pytest.approx(0.2 + 0.8 * 10 / 25) and lrs[50] == pytest.approx(1.0 - 0.9 * 25 / 75)
 

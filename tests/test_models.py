@@ -8,7 +8,8 @@ from torch import nn
 from torchvision.ops import SqueezeExcitation
 
 from cifar_lab.errors import ConfigError, UnknownBackboneError, WeightsNotFoundError
-from cifar_lab.models import available, create, summary
+from cifar_lab.models import available, create
+from cifar_lab.tools import models as summary
 from cifar_lab.models.torchvision import replace_stem
 
 

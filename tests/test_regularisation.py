@@ -7,6 +7,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, StochasticWeightAveraging
 
 from cifar_lab.cli import build_cli
@@ -21,19 +22,41 @@ def tiny_data(npz_dir: Path) -> CIFAR10DataModule:
     return CIFAR10DataModule(str(npz_dir), download=False, batch_size=32, num_workers=0, val_size=50)
 
 
+class RecordLabels(Callback):
+    def __init__(self) -> None:
+        self.labels: list[torch.Tensor] = []
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        self.labels.append(batch[1].clone())
+
+
 def test_mixed_batches_train_on_soft_targets_and_count_accuracy_on_the_hard_labels(
         npz_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     L.seed_everything(0)
     model = ImageClassifier("simple_cnn", mixup_alpha=0.2, cutmix_alpha=1.0, label_smoothing=0.1)
-    metric_targets = []
-    update = model.train_metrics.update
+    losses, metric_targets = [], []
+    cross_entropy, update = F.cross_entropy, model.train_metrics.update
+
+    def recording_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, **kwargs) -> torch.Tensor:
+        loss = cross_entropy(logits, targets, **kwargs)
+        losses.append((targets, kwargs, loss.detach()))
+        return loss
+
+    monkeypatch.setattr(F, "cross_entropy", recording_cross_entropy)
     monkeypatch.setattr(model.train_metrics, "update", lambda logits, targets: (metric_targets.append(targets),
                                                                                  update(logits, targets)))
-    trainer = tiny_trainer(max_steps=3, limit_val_batches=0)
+    batches = RecordLabels()
+    trainer = tiny_trainer(max_steps=3, limit_val_batches=0, callbacks=[batches])
     trainer.fit(model, tiny_data(npz_dir))
-    assert trainer.global_step == 3
-    assert torch.isfinite(trainer.callback_metrics["train/loss_epoch"])
-    assert len(metric_targets) == 3 and all(t.dtype == torch.int64 and t.shape == (32,) for t in metric_targets)
+    assert trainer.global_step == len(losses) == len(metric_targets) == len(batches.labels) == 3
+    for (soft, options, _), hard, labels in zip(losses, metric_targets, batches.labels):
+        assert options == {"label_smoothing": 0.1}
+        assert soft.shape == (32, 10) and soft.dtype == torch.float32
+        torch.testing.assert_close(soft.sum(dim=1), torch.ones(32))
+        assert (soft[torch.arange(32), labels] > 0).all() and (soft.max(dim=1).values < 1).any()  # mixed, own label in
+        assert torch.equal(hard, labels)
+    mean_loss = torch.stack([loss for _, _, loss in losses]).mean()
+    torch.testing.assert_close(trainer.callback_metrics["train/loss_epoch"], mean_loss)
     assert ImageClassifier("simple_cnn").batch_mix is None  # the default step does no mixing work
 
 

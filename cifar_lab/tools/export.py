@@ -27,6 +27,7 @@ from cifar_lab.data.augment import CIFAR10_MEAN, CIFAR10_STD
 from cifar_lab.data.datamodule import default_data_dir
 from cifar_lab.errors import ConfigError, ExportMismatchError
 from cifar_lab.module import load_classifier
+from cifar_lab.reporting.tables import markdown_table
 
 TOLERANCE = 1e-4
 NEEDS_EXTRA = "ONNX export needs onnxscript and onnxruntime: pip install 'cifar-lab[export]'"
@@ -241,15 +242,13 @@ def print_report(rows: list[tuple[str, Runner, Path | None]], images: np.ndarray
                  with_accuracy: bool, timing_runs: int) -> None:
     """Size, per-image CPU latency at batch 1 and 64, and (for quantisation) test accuracy."""
     print(f"CPU latency per image, median of {timing_runs} calls, {torch.get_num_threads()} thread(s):")
-    header = f"{'model':<20} {'file MB':>8} {'ms/img b=1':>11} {'ms/img b=64':>12}"
-    print(header + (f" {'accuracy':>9}" if with_accuracy else ""))
+    header = ["model", "file MB", "ms/img b=1", "ms/img b=64"] + (["accuracy"] if with_accuracy else [])
+    body = []
     for name, run, path in rows:
-        size = f"{path.stat().st_size / 2**20:8.2f}" if path else f"{'-':>8}"
-        line = f"{name:<20} {size} {latency_ms(run, images[:1], timing_runs):11.3f} "
-        line += f"{latency_ms(run, images[:64], timing_runs):12.3f}"
-        if with_accuracy:
-            line += f" {accuracy(run, images, labels):9.4f}"
-        print(line)
+        row = [name, f"{path.stat().st_size / 2**20:.2f}" if path else "-",
+               f"{latency_ms(run, images[:1], timing_runs):.3f}", f"{latency_ms(run, images[:64], timing_runs):.3f}"]
+        body.append(row + ([f"{accuracy(run, images, labels):.4f}"] if with_accuracy else []))
+    print(markdown_table(header, body, right_aligned=header[1:]), end="")
     if with_accuracy:
         print(f"(accuracy on the first {len(labels)} CIFAR-10 test images)")
 

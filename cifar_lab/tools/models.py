@@ -10,6 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from cifar_lab.errors import ConfigError
 from cifar_lab.models.registry import available, create, families
+from cifar_lab.reporting.tables import markdown_table
 
 
 @dataclass(frozen=True)
@@ -31,11 +32,8 @@ def summarize(name: str, num_classes: int = 10, **kwargs: Any) -> BackboneSummar
 
 def format_table(rows: list[BackboneSummary]) -> str:
     """A Markdown table, readable in a terminal and pasteable into docs."""
-    lines = [("backbone", "parameters", "MFLOPs"), ("---", "---:", "---:")]
-    lines += [(f"`{row.name}`", f"{row.parameters:,}", f"{row.mflops:,.1f}") for row in rows]
-    widths = [max(len(line[column]) for line in lines) for column in range(3)]
-    return "\n".join("| " + " | ".join(cell.ljust(width) for cell, width in zip(line, widths)) + " |"
-                     for line in lines)
+    body = [(f"`{row.name}`", f"{row.parameters:,}", f"{row.mflops:,.1f}") for row in rows]
+    return markdown_table(["backbone", "parameters", "MFLOPs"], body, right_aligned=("parameters", "MFLOPs")).rstrip()
 
 
 def parser() -> argparse.ArgumentParser:
