@@ -9,7 +9,7 @@ import yaml
 from importlinter.cli import lint_imports
 
 from cifar_lab.cli import build_cli
-from tests.helpers import CONFIGS, ROOT
+from tests.helpers import CONFIGS, ROOT, cifar_lab
 from tests.worktree import files_in
 
 
@@ -81,3 +81,10 @@ def test_the_working_tree_scan_sees_a_new_file_but_not_caches(tmp_path: Path) ->
     (tmp_path / "runs" / "simple_cnn" / "events.out").write_text("")
     assert before == set()
     assert files_in(tmp_path) - before == {Path("runs/simple_cnn/events.out")}
+
+
+def test_the_old_python_m_cifar_lab_models_names_its_new_spelling(tmp_path: Path) -> None:
+    result = cifar_lab(cwd=tmp_path, data_dir=tmp_path, module="cifar_lab.models")
+    assert result.returncode == 1
+    assert result.stderr.strip() == ("cifar-lab: error: 'python -m cifar_lab.models' is now 'cifar-lab models' "
+                                     "(or 'python -m cifar_lab models')")
