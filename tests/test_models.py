@@ -9,8 +9,8 @@ from torchvision.ops import SqueezeExcitation
 
 from cifar_lab.errors import ConfigError, UnknownBackboneError, WeightsNotFoundError
 from cifar_lab.models import available, create
-from cifar_lab.tools import models as summary
 from cifar_lab.models.torchvision import replace_stem
+from cifar_lab.tools import models as summary
 
 
 def count_parameters(model: nn.Module) -> int:
