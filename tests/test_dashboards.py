@@ -55,8 +55,9 @@ def scalar_values(accumulator: EventAccumulator, tag: str) -> list[float]:
 
 
 def markdown_cells(table: str) -> list[list[str]]:
-    """The stripped cells of each row of a Markdown table, whatever its padding."""
-    return [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in table.splitlines()]
+    """The stripped cells of each row of a Markdown table, whatever its padding (notes below it left out)."""
+    return [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in table.splitlines()
+            if line.startswith("|")]
 
 
 def assert_png(path: Path, min_side: int = 64) -> None:

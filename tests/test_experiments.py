@@ -1,17 +1,27 @@
-"""``scripts/run_experiment.py`` = ``cifar-lab experiment``: the commands of a suite, running them, the comparison."""
+"""``cifar-lab experiment`` (= ``scripts/run_experiment.py``): a suite's commands per variant and seed, running
+them (in process, in parallel, killed and run again), and the comparison with spreads."""
 
+import csv
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cifar_lab.cli import build_cli, main
+from cifar_lab.errors import ExperimentFailedError
 from cifar_lab.tools.experiment import load_suite, run_suite
-from tests.helpers import CONFIGS, ROOT, cli_env
+from tests.helpers import CONFIGS, ROOT, TINY_DATA, cli_env
 
 EXPERIMENTS = CONFIGS / "experiments"
 SCRIPT = ROOT / "scripts" / "run_experiment.py"
+TINY_FIT = [*TINY_DATA, "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2",
+            "--trainer.limit_test_batches", "2", "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar",
+            "false", "--trainer.enable_model_summary", "false"]
 
 
 def run_script(*args: str, cwd: Path, data_dir: Path) -> subprocess.CompletedProcess:
@@ -19,29 +29,36 @@ def run_script(*args: str, cwd: Path, data_dir: Path) -> subprocess.CompletedPro
                           text=True, timeout=300)
 
 
-def test_dry_run_prints_every_command_and_runs_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def csv_rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as file:
+        return list(csv.DictReader(file))
+
+
+def test_dry_run_prints_every_command_per_variant_and_seed_and_runs_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "runs/experiments/batchnorm/simple_cnn/version_0").mkdir(parents=True)  # an earlier run
-    main(["experiment", "batchnorm", "--dry-run", "--epochs", "3", "--configs", str(EXPERIMENTS), "--",
-          "--config", "configs/trainer/gpu.yaml"])
+    main(["experiment", "batchnorm", "--dry-run", "--seeds", "0,5", "--epochs", "3", "--configs", str(EXPERIMENTS),
+          "--", "--config", "configs/trainer/gpu.yaml"])
     suite = EXPERIMENTS / "batchnorm"
-    fit = (f"cifar-lab fit --config {suite}/base.yaml --config {suite}/{{0}}.yaml "
+    fit = (f"cifar-lab fit --config {suite}/base.yaml --config {suite}/{{0}}.yaml --seed_everything {{1}} "
            f"--trainer.logger.init_args.save_dir runs/experiments/batchnorm --trainer.logger.init_args.name {{0}} "
-           f"--trainer.max_epochs 3 --config configs/trainer/gpu.yaml")
-    test = ("cifar-lab test --config runs/experiments/batchnorm/{0}/config.yaml "
-            "--ckpt_path runs/experiments/batchnorm/{0}/checkpoints/last.ckpt")
+           f"--trainer.logger.init_args.version seed_{{1}} --trainer.max_epochs 3 --config configs/trainer/gpu.yaml")
+    test = ("cifar-lab test --config runs/experiments/batchnorm/{0}/seed_{1}/config.yaml "
+            "--ckpt_path runs/experiments/batchnorm/{0}/seed_{1}/checkpoints/last.ckpt")
+    runs = [(variant, seed) for variant in ("simple_cnn", "simple_cnn_bn") for seed in (0, 5)]
     assert capsys.readouterr().out.splitlines() == [
-        fit.format("simple_cnn"),
-        test.format("simple_cnn/version_1"),
-        fit.format("simple_cnn_bn"),
-        test.format("simple_cnn_bn/version_0"),
-        "cifar-lab compare runs/experiments/batchnorm/simple_cnn/version_1 "
-        "runs/experiments/batchnorm/simple_cnn_bn/version_0 --out runs/experiments --name batchnorm",
+        *(line for run in runs for line in (fit.format(*run), test.format(*run))),
+        "cifar-lab compare " + " ".join(f"runs/experiments/batchnorm/{v}/seed_{s}" for v, s in runs)
+        + " --out runs/experiments --name batchnorm --baseline simple_cnn",
     ]
-    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
-        "runs", "runs/experiments", "runs/experiments/batchnorm", "runs/experiments/batchnorm/simple_cnn",
-        "runs/experiments/batchnorm/simple_cnn/version_0"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_every_suite_names_its_seeds_and_a_baseline_that_is_one_of_its_variants() -> None:
+    for name in ("batchnorm", "augmentation", "optimizer", "pooling", "architecture"):
+        suite = load_suite(name, EXPERIMENTS)
+        assert suite.seeds == (0, 1, 2) and suite.baseline in suite.variants, name
+        assert "suite" not in suite.variants  # suite.yaml is read by experiment, never fitted
 
 
 def test_unknown_suite_is_a_one_line_error_listing_the_suites(capsys: pytest.CaptureFixture[str]) -> None:
@@ -52,43 +69,117 @@ def test_unknown_suite_is_a_one_line_error_listing_the_suites(capsys: pytest.Cap
                                        "'augmentation', 'batchnorm', 'optimizer', 'pooling']\n")
 
 
-def test_suite_fits_and_tests_every_variant_then_writes_the_comparison(
+@pytest.mark.parametrize(("options", "message"), [
+    (["--seeds", "0"], "--seeds takes a count of at least 1 (3 means seeds 0, 1, 2) or a comma-separated list of "
+                       "distinct seeds >= 0 (0,5,7), got '0'"),
+    (["--seeds", "a,b"], "--seeds takes a count of at least 1 (3 means seeds 0, 1, 2) or a comma-separated list of "
+                         "distinct seeds >= 0 (0,5,7), got 'a,b'"),
+    (["--jobs", "0"], "--jobs must be at least 1, got 0"),
+])
+def test_bad_seeds_and_jobs_are_one_line_errors(options: list[str], message: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["experiment", "batchnorm", "--configs", str(EXPERIMENTS), "--dry-run", *options])
+    assert capsys.readouterr().err == f"cifar-lab: error: {message}\n"
+
+
+def test_a_baseline_that_is_not_a_variant_is_a_one_line_error(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    suite = tmp_path / "suites" / "tiny"
+    suite.mkdir(parents=True)
+    for name in ("base", "a", "b"):
+        (suite / f"{name}.yaml").write_text("{}\n")
+    (suite / "suite.yaml").write_text(yaml.safe_dump({"seeds": [0, 1], "baseline": "c"}))
+    with pytest.raises(SystemExit):
+        main(["experiment", "tiny", "--configs", str(tmp_path / "suites"), "--dry-run"])
+    assert capsys.readouterr().err == (f"cifar-lab: error: {suite / 'suite.yaml'}: baseline 'c' is not a variant; "
+                                       f"choose one of ['a', 'b']\n")
+
+
+def test_suite_fits_and_tests_every_variant_per_seed_then_writes_the_table_with_spreads(
         npz_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["cifar-lab"])
     commands = []
 
-    def in_process(command: list[str]) -> int:  # the same commands as the subprocesses, faster
-        commands.append(command[1])
+    def in_process(command: list[str], log: object, env: dict[str, str]) -> int:  # faster than subprocesses
+        commands.append((command[1], command[command.index("--seed_everything") + 1] if command[1] == "fit" else ""))
         build_cli(command[1:])
         return 0
 
-    extra = ["--data.data_dir", str(npz_dir), "--data.val_size", "50", "--data.batch_size", "32",
-             "--data.num_workers", "0", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2",
-             "--trainer.limit_test_batches", "2", "--trainer.accelerator", "cpu",
-             "--trainer.enable_progress_bar", "false"]
-    paths = run_suite(load_suite("batchnorm", EXPERIMENTS), epochs=1, extra=extra, execute=in_process)
-    assert commands == ["fit", "test", "fit", "test"]
+    paths = run_suite(load_suite("batchnorm", EXPERIMENTS), seeds=(0, 1), epochs=1,
+                      extra=["--data.data_dir", str(npz_dir), *TINY_FIT], execute=in_process)
+    assert commands == [("fit", "0"), ("test", ""), ("fit", "1"), ("test", "")] * 2
     tables = "runs/experiments/batchnorm"  # the default: beside the runs, ignored by git
     assert [p.as_posix() for p in paths] == [f"{tables}.md", f"{tables}.csv", f"{tables}.png"]
     assert not Path("results").exists()  # the committed tables are written only when asked (--out results)
-    header, _, *rows = Path(f"{tables}.md").read_text().splitlines()
-    cells = [[cell.strip() for cell in row.split("|")[1:-1]] for row in rows]
-    columns = [cell.strip() for cell in header.split("|")[1:-1]]
-    assert [(row[0], row[columns.index("backbone")], row[columns.index("epochs")]) for row in cells] == [
-        ("simple_cnn/version_0", "simple_cnn", "1"), ("simple_cnn_bn/version_0", "simple_cnn_bn", "1")]
-    assert all(row[columns.index("test_acc")] for row in cells)  # each variant was tested
-    assert Path(f"{tables}.png").stat().st_size > 0
-    assert (tmp_path / "runs/experiments/batchnorm/simple_cnn_bn/version_0/per_class_accuracy.md").is_file()
-    assert f"wrote {tables}.md" in capsys.readouterr().out
+    rows = csv_rows(paths[1])
+    assert [(row["group"], row["n"], row["epochs"]) for row in rows] == [("simple_cnn", "2", "1"),
+                                                                         ("simple_cnn_bn", "2", "1")]
+    for row in rows:  # the group's mean is the mean of its two runs' test accuracies
+        seeds = [yaml.safe_load((tmp_path / tables / row["group"] / f"seed_{s}" / "config.yaml").read_text())
+                 ["seed_everything"] for s in (0, 1)]
+        assert seeds == [0, 1]
+    assert rows[0]["test_acc_vs_simple_cnn"] == "" and rows[1]["test"] == "paired"
+    assert "wrote runs/experiments/batchnorm.md" in capsys.readouterr().out
+    with pytest.raises(ExperimentFailedError, match=r"seed_0 was trained with trainer.max_epochs=1 but 2 is asked "
+                                                    r"for now; delete that folder"):
+        run_suite(load_suite("batchnorm", EXPERIMENTS), seeds=(0, 1), epochs=2,
+                  extra=["--data.data_dir", str(npz_dir), *TINY_FIT], execute=in_process)
 
 
 def test_a_failing_fit_stops_the_suite_with_an_error_naming_the_command(npz_dir: Path, tmp_path: Path) -> None:
-    result = run_script("batchnorm", "--configs", str(EXPERIMENTS), "--epochs", "0", cwd=tmp_path, data_dir=npz_dir)
+    result = run_script("batchnorm", "--configs", str(EXPERIMENTS), "--seeds", "1", "--epochs", "0", cwd=tmp_path,
+                        data_dir=npz_dir)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     *_, child, last = result.stderr.strip().splitlines()
     assert child == "cifar-lab: error: trainer.max_epochs must be >= 1 (or -1 for no limit), got 0"
-    assert last.startswith("cifar-lab: error: experiment batchnorm, variant simple_cnn: fit ended with exit code 1 "
+    assert last.startswith("cifar-lab: error: experiment batchnorm, simple_cnn seed 0: fit ended with exit code 1 "
                            "(see its output above): cifar-lab fit --config ")
     assert not (tmp_path / "runs/experiments/batchnorm/simple_cnn_bn").exists()  # the suite stopped
+
+
+def files_with_times(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_killed_suite_run_again_keeps_finished_runs_and_finishes_the_rest_two_at_a_time(
+        npz_dir: Path, tmp_path: Path) -> None:
+    suites = tmp_path / "suites"
+    (suites / "bn").mkdir(parents=True)  # one variant, three seeds: one run ends, one is cut, one never starts
+    for name in ("base.yaml", "simple_cnn_bn.yaml"):
+        (suites / "bn" / name).write_text((EXPERIMENTS / "batchnorm" / name).read_text())
+    (suites / "bn" / "suite.yaml").write_text("seeds: [0, 1, 2]\n")
+    command = [sys.executable, "-m", "cifar_lab", "experiment", "bn", "--configs", str(suites), "--epochs", "2"]
+    runs = tmp_path / "runs/experiments/bn/simple_cnn_bn"
+    first, second, third = (runs / f"seed_{seed}" for seed in range(3))
+    driver = subprocess.Popen([*command, "--", *TINY_FIT], cwd=tmp_path, env=cli_env(npz_dir),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not (second / "checkpoints" / "last.ckpt").is_file() and time.monotonic() < deadline:
+        time.sleep(0.05)  # until the second run has saved its first epoch
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    assert (first / "per_class_accuracy.md").is_file() and not (second / "per_class_accuracy.md").exists()
+    finished = files_with_times(first)
+    time.sleep(1)
+    interrupted = files_with_times(second)
+    time.sleep(2)
+    assert files_with_times(second) == interrupted  # its fit died with the driver: nothing writes there any more
+    assert not third.exists()
+
+    again = subprocess.run([*command, "--jobs", "2", "--", *TINY_FIT], cwd=tmp_path, env=cli_env(npz_dir),
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "simple_cnn_bn seed 0: finished earlier, kept" in again.stdout
+    assert "simple_cnn_bn seed 1: resuming from last.ckpt" in again.stdout
+    assert files_with_times(first) == finished  # not redone
+    assert yaml.safe_load((second / "config.yaml").read_text())["ckpt_path"] == str(second.relative_to(tmp_path)
+                                                                                    / "checkpoints" / "last.ckpt")
+    [row] = csv_rows(runs.parent.parent / "bn.csv")
+    assert (row["group"], row["n"]) == ("simple_cnn_bn", "3")
+    threads = max(1, (os.cpu_count() or 1) // 2)  # two jobs share the cores
+    for run in (second, third):
+        assert yaml.safe_load((run / "config.yaml").read_text())["threads"] == threads
+        assert "Seed set to" in (run / "experiment.log").read_text()  # concurrent output goes to a file per run

@@ -6,8 +6,8 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from cifar_lab.callbacks.hparams import tensorboard_loggers
-from cifar_lab.reporting.plots import runs_figure
-from cifar_lab.reporting.runs import load_run
+from cifar_lab.reporting.plots import groups_figure
+from cifar_lab.reporting.runs import RunGroup, load_run
 from cifar_lab.reporting.tables import markdown_table
 
 CURVES_FILE = "curves.png"
@@ -42,4 +42,5 @@ class RunReport(Callback):
         if self.curves and tensorboard_loggers(trainer):  # curves come from the TensorBoard event files
             for logger in tensorboard_loggers(trainer):
                 logger.experiment.flush()  # this test's scalars, for the test accuracy bar
-            runs_figure([load_run(folder)]).savefig(folder / CURVES_FILE, dpi=80)
+            run = load_run(folder)
+            groups_figure([RunGroup(run.label, [run])]).savefig(folder / CURVES_FILE, dpi=80)

@@ -7,8 +7,10 @@ Defaults every run gets: best/last checkpoints on ``val/acc``, a learning-rate m
 TensorBoard logger writing ``runs/<backbone>/version_N/`` with the full ``config.yaml`` beside it.
 """
 
+import ctypes
 import logging
 import os
+import signal
 import sys
 import warnings
 
@@ -38,9 +40,10 @@ from cifar_lab.data import CIFAR10DataModule
 from cifar_lab.errors import CifarLabError, ConfigError
 from cifar_lab.module import ImageClassifier
 from cifar_lab.reporting.runs import RUNS_DIR, RunFolder
-from cifar_lab.tools import TOOLS, tool_main
+from cifar_lab.tools import PARENT_PID_ENV, TOOLS, tool_main
 
 DEBUG_ENV = "CIFAR_LAB_DEBUG"
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
 CKPT_ALIASES = {"last", "best", "hpc"}  # ckpt_path values Lightning resolves itself
 LOCAL_PROTOCOLS = {"file", "local"}  # fsspec's names for the local file system
 LIGHTNING_INFO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
@@ -144,6 +147,17 @@ class StartupChatterFilter(logging.Filter):
         return not str(record.msg).startswith(CHATTER)
 
 
+def end_with_parent() -> None:
+    """Die with the process named by ``$CIFAR_LAB_PARENT_PID`` (Linux): a suite driver killed with SIGKILL
+    leaves no fit of its own writing on into a run that the next driver restarts."""
+    parent = os.environ.pop(PARENT_PID_ENV, None)  # popped: DDP's own worker processes must not inherit it
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != int(parent):  # the parent died before the line above
+        os._exit(1)
+
+
 def silence_startup_chatter() -> None:
     """Keep what a user can act on (warnings, the device in use, the model summary); drop the rest."""
     for name in LIGHTNING_INFO_LOGGERS:
@@ -183,6 +197,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> CifarLabCLI:
 def main(args: list[str] | None = None) -> None:
     """Console entry point; input errors end as one line on stderr unless CIFAR_LAB_DEBUG=1."""
     argv = sys.argv[1:] if args is None else args
+    end_with_parent()
     silence_startup_chatter()
     try:
         if argv and argv[0] in TOOLS:

@@ -4,6 +4,7 @@ Built on ``matplotlib.figure.Figure`` directly: it renders with the Agg canvas a
 state, so figures work without a display and are freed when dropped.
 """
 
+import statistics
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -16,9 +17,10 @@ from torchmetrics.utilities.plot import plot_confusion_matrix
 from torchvision.utils import make_grid
 
 from cifar_lab.data.augment import CIFAR10_MEAN, CIFAR10_STD
+from cifar_lab.reporting.statistics import spread
 
 if TYPE_CHECKING:
-    from cifar_lab.reporting.runs import Run
+    from cifar_lab.reporting.runs import Run, RunGroup
 
 CORRECT, WRONG = "tab:green", "tab:red"
 
@@ -116,24 +118,45 @@ def grad_cam_figure(images: Tensor, heatmaps: Tensor, preds: Tensor, class_names
     return fig
 
 
-def runs_figure(runs: Sequence["Run"]) -> Figure:
-    """Validation accuracy and training loss per epoch of every run overlaid, and their test accuracies."""
+def epoch_mean_std(runs: Sequence["Run"], tag: str) -> tuple[list[int], list[float], list[float]]:
+    """Per epoch: the mean of ``tag`` over the runs that logged it, and its sample std (0 for one run)."""
+    by_epoch: dict[int, list[float]] = {}
+    for run in runs:
+        for epoch, value in zip(*run.per_epoch(tag)):
+            by_epoch.setdefault(epoch, []).append(value)
+    epochs = sorted(by_epoch)
+    means = [statistics.fmean(by_epoch[e]) for e in epochs]
+    stds = [statistics.stdev(by_epoch[e]) if len(by_epoch[e]) > 1 else 0.0 for e in epochs]
+    return epochs, means, stds
+
+
+def groups_figure(groups: Sequence["RunGroup"]) -> Figure:
+    """Validation accuracy and training loss per epoch of every group (mean, with a ±1 std band over its runs),
+    and each group's mean test accuracy with its 95% interval as an error bar."""
     fig = Figure(figsize=(15, 4.5), layout="constrained")
     ax_acc, ax_loss, ax_test = fig.subplots(1, 3)
-    for run in runs:
-        ax_acc.plot(*run.per_epoch("val/acc"), marker="o", label=run.label)
-        ax_loss.plot(*run.per_epoch("train/loss_epoch"), marker="o", label=run.label)
+    for group in groups:
+        for ax, tag in ((ax_acc, "val/acc"), (ax_loss, "train/loss_epoch")):
+            epochs, means, stds = epoch_mean_std(group.runs, tag)
+            line, = ax.plot(epochs, means, marker="o", label=group.label)
+            if any(stds):
+                low, high = [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)]
+                ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2)
     ax_acc.set(title="validation accuracy", xlabel="epoch", ylabel="val/acc")
     ax_loss.set(title="training loss", xlabel="epoch", ylabel="train/loss")
-    tested = [(run.label, run.last("test/acc")) for run in runs if run.last("test/acc") is not None]
+    tested = [(group.label, spread(values)) for group in groups
+              if (values := [v for run in group.runs if (v := run.last("test/acc")) is not None])]
     if tested:
-        bars = ax_test.bar(range(len(tested)), [acc for _, acc in tested], color="tab:blue")
+        means = [s.mean for _, s in tested]
+        errors = [[s.mean - s.low if s.std else 0 for _, s in tested],
+                  [s.high - s.mean if s.std else 0 for _, s in tested]]
+        bars = ax_test.bar(range(len(tested)), means, yerr=errors, capsize=4, color="tab:blue")
         ax_test.set_xticks(range(len(tested)), [label for label, _ in tested], rotation=20, ha="right")
-        ax_test.bar_label(bars, fmt="%.3f")
+        ax_test.bar_label(bars, fmt="%.3f", label_type="center", color="white")
         ax_test.set_ylim(0, 1.05)
     else:
         ax_test.text(0.5, 0.5, "no run was tested", ha="center", va="center", transform=ax_test.transAxes)
-    ax_test.set(title="test accuracy", ylabel="test/acc")
+    ax_test.set(title="test accuracy (95% interval over seeds)", ylabel="test/acc")
     for ax in (ax_acc, ax_loss):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if ax.has_data():

@@ -7,7 +7,9 @@ logs into the same folder.
 """
 
 import glob
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -23,6 +25,7 @@ from tensorboard.backend.event_processing.event_accumulator import (
 
 from cifar_lab.errors import RunNotFoundError
 
+EVENT_READER_LOGGER = "tensorboard"
 RUNS_DIR = "runs"  # where ``fit`` logs by default, relative to the working folder
 CONFIG_FILE = "config.yaml"
 CHECKPOINTS_DIR = "checkpoints"
@@ -30,7 +33,23 @@ LAST_CHECKPOINT = "last.ckpt"
 EVENTS_GLOB = "events.out.tfevents.*"
 GLOB_CHARS = "*?["
 HYPERPARAMETER_SECTIONS = ("seed_everything", "model", "data")
+# Settings that change where or how fast a run goes, not its result: runs differing only in these (and the
+# seed) repeat one experiment.
+NOT_RESULT_SETTINGS = ("seed_everything", "data.data_dir", "data.download", "data.num_workers", "data.pin_memory",
+                       "data.predict_path")
 TRAINER_HYPERPARAMETERS = ("max_epochs", "precision", "accumulate_grad_batches", "gradient_clip_val")
+
+
+@contextmanager
+def quiet(logger_name: str) -> Iterator[None]:
+    """Only errors from ``logger_name`` while the block runs."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 @dataclass(frozen=True)
@@ -116,6 +135,11 @@ class Run:
         values = self.values(tag)
         return values[-1] if values else None
 
+    @property
+    def seed(self) -> int | None:
+        seed = self.config.get("seed_everything")
+        return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+
     def per_epoch(self, tag: str) -> tuple[list[int], list[float]]:
         """(1-based epochs, values) of a once-per-epoch tag, the epoch read from Lightning's ``epoch`` scalar."""
         epoch_at_step = {event.step: int(event.value) for event in self.scalars.get("epoch", [])}
@@ -132,10 +156,16 @@ def load_run(folder: Path) -> Run:
     if not list(folder.glob(EVENTS_GLOB)):
         raise RunNotFoundError(f"{folder}: no TensorBoard event files ({EVENTS_GLOB}); is it a run folder?")
     accumulator = EventAccumulator(str(folder), size_guidance={SCALARS: 0})
-    accumulator.Reload()
+    with quiet(EVENT_READER_LOGGER):  # it warns that fit and test each logged a model graph there
+        accumulator.Reload()
     tags = accumulator.Tags()
-    scalars = {tag: accumulator.Scalars(tag) for tag in tags["scalars"]}
+    scalars = {tag: once_per_step(accumulator.Scalars(tag)) for tag in tags["scalars"]}
     return Run(folder, scalars, list(tags["images"]), RunFolder(folder).config)
+
+
+def once_per_step(events: list[ScalarEvent]) -> list[ScalarEvent]:
+    """One event per step, the last written: a step logged twice around a resume counts once."""
+    return sorted({event.step: event for event in events}.values(), key=lambda event: event.step)
 
 
 def expand(paths: Iterable[str]) -> list[Path]:
@@ -166,3 +196,32 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+@dataclass
+class RunGroup:
+    """Runs of one experiment: their configs differ at most in the seed and in ``NOT_RESULT_SETTINGS``."""
+
+    label: str
+    runs: list[Run]
+
+    def by_seed(self, values: list[float | None]) -> dict[int, float]:
+        """``values`` (one per run) keyed by each run's seed, for runs that have both."""
+        return {run.seed: value for run, value in zip(self.runs, values) if run.seed is not None and value is not None}
+
+
+def experiment_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The dotted settings that decide a run's result (``hyperparameters`` without ``NOT_RESULT_SETTINGS``)."""
+    return {key: value for key, value in flatten(hyperparameters(config)).items() if key not in NOT_RESULT_SETTINGS}
+
+
+def group_runs(runs: list[Run]) -> list[RunGroup]:
+    """Runs grouped by ``experiment_settings``, in the order of their first run; each group is labelled by its
+    runs' common parent folder (the variant in ``<suite>/<variant>/seed_<s>``) when that tells groups apart."""
+    grouped: dict[str, list[Run]] = {}
+    for run in runs:
+        grouped.setdefault(repr(sorted(experiment_settings(run.config).items())), []).append(run)
+    parents = [{run.folder.parent.name for run in members} for members in grouped.values()]
+    by_parent = all(len(names) == 1 for names in parents) and len({next(iter(n)) for n in parents}) == len(parents)
+    return [RunGroup(next(iter(names)) if by_parent else members[0].label, members)
+            for names, members in zip(parents, grouped.values())]

@@ -10,8 +10,8 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], right_a
     """A GitHub-flavoured Markdown table with padded columns, readable in a terminal as well; ``None`` prints as
     an empty cell, and the columns named in ``right_aligned`` are right-aligned (``---:``) when rendered."""
     cells = [[str(name) for name in header]] + [["" if cell is None else str(cell) for cell in row] for row in rows]
-    widths = [max(3, *(len(row[i]) for row in cells)) for i in range(len(header))]
     rule = [("---:" if name in right_aligned else "---") for name in header]
+    widths = [max(len(rule[i]), *(len(row[i]) for row in cells)) for i in range(len(header))]
     lines = [cells[0], rule, *cells[1:]]
     return "\n".join("| " + " | ".join(cell.ljust(width) for cell, width in zip(line, widths)) + " |"
                      for line in lines) + "\n"

@@ -8,6 +8,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
+PARENT_PID_ENV = "CIFAR_LAB_PARENT_PID"  # set by `cifar-lab experiment` for its runs: they end when it does
 TOOLS = {  # `cifar-lab <tool> ...` -> the module that runs it (imported only when asked for)
     "compare": "cifar_lab.tools.compare",
     "experiment": "cifar_lab.tools.experiment",

@@ -1,11 +1,13 @@
-"""Compare finished runs: one table row per run folder and their curves overlaid.
+"""Compare finished runs: a table row per configuration (mean ± std and intervals over its seeds, and the
+difference from a baseline) or per run, and their curves overlaid.
 
     cifar-lab compare 'runs/*/version_*' --out comparison
     python scripts/compare_runs.py runs/simple_cnn/version_0 runs/resnet18/version_0
 
 Reads each folder's TensorBoard event files and ``config.yaml``; writes ``comparison.md``,
-``comparison.csv`` and ``comparison.png`` into ``--out`` (``--name`` names the files otherwise). Folders without event files are reported
-on stderr and skipped; metrics a run lacks (``test/acc`` before ``test``) are blank cells.
+``comparison.csv`` and ``comparison.png`` into ``--out`` (``--name`` names the files otherwise). Folders
+without event files are reported on stderr and skipped; metrics a run lacks (``test/acc`` before
+``test``) are blank cells.
 """
 
 import argparse
@@ -15,10 +17,20 @@ from statistics import mean
 from typing import Any
 
 from cifar_lab.data import CIFAR10DataModule
-from cifar_lab.errors import CifarLabError, RunNotFoundError
+from cifar_lab.errors import CifarLabError, ConfigError, RunNotFoundError
 from cifar_lab.models import create
-from cifar_lab.reporting.plots import runs_figure
-from cifar_lab.reporting.runs import Run, expand, flatten, hyperparameters, load_run
+from cifar_lab.reporting.plots import groups_figure
+from cifar_lab.reporting.runs import (
+    Run,
+    RunGroup,
+    expand,
+    experiment_settings,
+    flatten,
+    group_runs,
+    hyperparameters,
+    load_run,
+)
+from cifar_lab.reporting.statistics import Difference, Spread, difference, spread
 from cifar_lab.reporting.tables import markdown_table, write_csv
 
 COLUMNS = ["run", "backbone", "parameters", "epochs", "best_val_acc", "test_acc", "wall_time_s", "images_per_s"]
@@ -58,11 +70,10 @@ def summary(run: Run) -> dict[str, Any]:
     }
 
 
-def differing_hyperparameters(runs: list[Run]) -> dict[str, list[Any]]:
-    """Dotted config keys (seed, model, data, training length) whose values are not the same in every run."""
-    flat = [flatten(hyperparameters(run.config)) for run in runs]
-    keys = sorted({key for params in flat for key in params})
-    columns = {key: [params.get(key) for params in flat] for key in keys}
+def differing(settings: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """The dotted keys whose values are not the same in every one of ``settings``, with their values."""
+    keys = sorted({key for params in settings for key in params})
+    columns = {key: [params.get(key) for params in settings] for key in keys}
     return {key: values for key, values in columns.items() if len({repr(v) for v in values}) > 1}
 
 
@@ -79,9 +90,8 @@ def formatted(column: str, value: Any) -> Any:
     return value
 
 
-def compare(folders: list[Path], out: Path, name: str = "comparison") -> list[Path]:
-    """Write ``<name>.md``/``.csv`` (the table) and ``<name>.png`` into ``out`` for the run folders that have
-    event files; returns the files."""
+def load_runs(folders: list[Path]) -> list[Run]:
+    """The run folders that have event files; the others are named on stderr."""
     runs = []
     for folder in folders:
         try:
@@ -91,15 +101,122 @@ def compare(folders: list[Path], out: Path, name: str = "comparison") -> list[Pa
     if not runs:
         raise RunNotFoundError("no run folders with TensorBoard event files to compare; pass folders such as "
                                "runs/simple_cnn/version_0 or a glob such as 'runs/*/version_*'")
+    return runs
+
+
+def per_run_table(runs: list[Run]) -> tuple[list[str], list[list[Any]], list[list[Any]]]:
+    """Header, raw rows (CSV) and formatted rows (Markdown): one row per run."""
     summaries = [summary(run) for run in runs]
-    extra = differing_hyperparameters(runs)
+    extra = differing([flatten(hyperparameters(run.config)) for run in runs])
     header = COLUMNS + list(extra)
     rows = [[row[c] for c in COLUMNS] + [values[i] for values in extra.values()] for i, row in enumerate(summaries)]
+    return header, rows, [[formatted(c, v) for c, v in zip(header, row)] for row in rows]
+
+
+def mean_of(values: list[float | None]) -> float | None:
+    known = [value for value in values if value is not None]
+    return mean(known) if known else None
+
+
+def spread_of(values: list[float | None]) -> Spread | None:
+    known = [value for value in values if value is not None]
+    return spread(known) if known else None
+
+
+def spread_cells(result: Spread | None) -> list[str | None]:
+    """``mean ± std`` and ``[low, high]`` (only the mean for one run)."""
+    if result is None or result.std is None:
+        return [None if result is None else f"{result.mean:.4f}", None]
+    return [f"{result.mean:.4f} ± {result.std:.4f}", f"[{result.low:.4f}, {result.high:.4f}]"]
+
+
+def difference_cells(result: Difference | None) -> list[str | None]:
+    """``+d [low, high]`` (with ``*`` where the interval excludes 0) and ``p (test)``."""
+    if result is None:
+        return [None, None]
+    mark = " *" if result.excludes_zero else ""
+    interval = f"{result.mean:+.4f} [{result.low:+.4f}, {result.high:+.4f}]{mark}"
+    return [interval, f"{result.p_value:.3f} ({result.test})"]
+
+
+def spread_values(result: Spread | None) -> list[float | None]:
+    return [None] * 4 if result is None else [result.mean, result.std, result.low, result.high]
+
+
+def difference_values(result: Difference | None) -> list[Any]:
+    return [None] * 5 if result is None else [result.mean, result.low, result.high, result.p_value, result.test]
+
+
+GROUP_COLUMNS = ["group", "n", "backbone", "parameters", "epochs"]
+SPEED_COLUMNS = ["wall_time_s", "images_per_s"]
+
+
+def group_table(groups: list[RunGroup], baseline: str) -> tuple[list[str], list[str], list[list[Any]], list[list[Any]]]:
+    """Markdown header, CSV header, raw rows (CSV) and formatted rows (Markdown): one row per group, with the
+    spread of its accuracies and its test accuracy's difference from the ``baseline`` group."""
+    base = next(group for group in groups if group.label == baseline)
+    base_test = base.by_seed([run.last("test/acc") for run in base.runs])
+    extra = differing([experiment_settings(group.runs[0].config) for group in groups])
+    versus = f"test_acc_vs_{baseline}"
+    header = [*GROUP_COLUMNS, "test_acc", "test_acc_ci", "best_val_acc", "best_val_acc_ci", *SPEED_COLUMNS, versus,
+              "p_value", *extra]
+    csv_header = [*GROUP_COLUMNS, *(f"{metric}_{part}" for metric in ("test_acc", "best_val_acc")
+                                    for part in ("mean", "std", "ci_low", "ci_high")),
+                  *SPEED_COLUMNS, versus, f"{versus}_ci_low", f"{versus}_ci_high", "p_value", "test", *extra]
+    raw, cells = [], []
+    for i, group in enumerate(groups):
+        rows = [summary(run) for run in group.runs]
+        test, val = spread_of([row["test_acc"] for row in rows]), spread_of([row["best_val_acc"] for row in rows])
+        diff = None if group is base else difference(base_test, group.by_seed([row["test_acc"] for row in rows]))
+        first = {column: rows[0][column] for column in ("backbone", "parameters", "epochs")}
+        common = [group.label, len(rows), *first.values()]
+        speed = [mean_of([row[column] for row in rows]) for column in SPEED_COLUMNS]
+        settings = [values[i] for values in extra.values()]
+        raw.append([*common, *spread_values(test), *spread_values(val), *speed, *difference_values(diff), *settings])
+        cells.append([*(formatted(c, v) for c, v in zip(GROUP_COLUMNS, common)), *spread_cells(test),
+                      *spread_cells(val), *(formatted(c, v) for c, v in zip(SPEED_COLUMNS, speed)),
+                      *difference_cells(diff), *settings])
+    return header, csv_header, raw, cells
+
+
+def notes(grouped: bool, baseline: str | None) -> str:
+    """What each number is: which split and checkpoint, and how sure it is."""
+    lines = ["test_acc: test split, the checkpoint each run's last `test` evaluated (`cifar-lab experiment` tests "
+             "last.ckpt); best_val_acc: validation split, best epoch."]
+    if grouped:
+        lines.append(f"Runs whose configs differ only in the seed form a group: mean ± sample std over its n runs, "
+                     f"ci: 95% Student-t interval of the mean. test_acc_vs_{baseline}: mean difference from the "
+                     f"baseline with its 95% interval, paired t-test over shared seeds, Welch's t-test otherwise; "
+                     f"* marks an interval that excludes 0, otherwise the difference is within the noise.")
+    else:
+        lines.append("One run per configuration: no spread is known, so a difference cannot be told from the noise "
+                     "of another seed (`cifar-lab experiment --seeds` runs several).")
+    return "\n".join(lines) + "\n"
+
+
+def compare(folders: list[Path], out: Path, name: str = "comparison", baseline: str | None = None,
+            per_run: bool = False) -> list[Path]:
+    """Write ``<name>.md``/``.csv`` (the table) and ``<name>.png`` into ``out`` for the run folders that have
+    event files: a row per group of seeds of one configuration (against ``baseline``, default the first group),
+    or a row per run when every group has one run or ``per_run`` asks; returns the files."""
+    runs = load_runs(folders)
+    groups = group_runs(runs)
+    labels = [group.label for group in groups]
+    if baseline is not None and baseline not in labels:
+        raise ConfigError(f"--baseline {baseline!r} is not one of the compared groups {labels}")
+    grouped = not per_run and any(len(group.runs) > 1 for group in groups)
+    if grouped:
+        baseline = baseline or labels[0]
+        header, csv_header, rows, cells = group_table(groups, baseline)
+    else:
+        header, rows, cells = per_run_table(runs)
+        csv_header = header
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.md", out / f"{name}.csv", out / f"{name}.png"]
-    paths[0].write_text(markdown_table(header, [[formatted(c, v) for c, v in zip(header, row)] for row in rows]))
-    write_csv(paths[1], header, rows)
-    runs_figure(runs).savefig(paths[2], dpi=80)
+    right = [column for column in header if column not in ("group", "run", "backbone")]
+    paths[0].write_text(markdown_table(header, cells, right_aligned=right) + "\n" + notes(grouped, baseline))
+    write_csv(paths[1], csv_header, rows)
+    groups_figure(groups).savefig(paths[2], dpi=80)
     return paths
 
 
@@ -108,11 +225,13 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("runs", nargs="+", help="run folders or glob patterns such as 'runs/*/version_*'")
     parser.add_argument("--out", type=Path, default=Path("comparison"), help="folder for the table and plot")
     parser.add_argument("--name", default="comparison", help="file name (without suffix) of the table and plot")
+    parser.add_argument("--baseline", help="the group the others are compared with (default: the first group)")
+    parser.add_argument("--per-run", action="store_true", help="one table row per run instead of per group")
     return parser
 
 
 def main(argv: list[str]) -> None:
     args = parser().parse_args(argv)
-    paths = compare(expand(args.runs), args.out, args.name)
+    paths = compare(expand(args.runs), args.out, args.name, args.baseline, args.per_run)
     print(paths[0].read_text())
     print("wrote " + ", ".join(map(str, paths)))
