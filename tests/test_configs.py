@@ -143,8 +143,9 @@ def test_experiment_variant_composes_with_its_base(suite: Suite, variant: str,
 def test_experiment_variant_trains_one_batch_on_tiny_data(suite: Suite, variant: str, npz_dir: Path, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    command = fit_command(suite, variant, epochs=None, extra=["--trainer.fast_dev_run", "1", "--trainer.accelerator",
-                                                              "cpu", "--data.data_dir", str(npz_dir), *TINY_DATA])
+    command = fit_command(suite, variant, seed=0, epochs=None, extra=["--trainer.fast_dev_run", "1",
+                                                                      "--trainer.accelerator", "cpu", "--data.data_dir",
+                                                                      str(npz_dir), *TINY_DATA])
     cli = build_cli(command[1:])
     assert cli.trainer.state.finished and cli.trainer.global_step == 1
     model = {**yaml.safe_load(suite.base.read_text())["model"],

@@ -22,7 +22,7 @@ import pytest
 
 from cifar_lab.cli import build_cli
 from cifar_lab.tools import TOOLS, tool_parser
-from cifar_lab.tools.experiment import fit_command, load_suite, split_fit_options
+from cifar_lab.tools.experiment import fit_command, load_suite, parse_seeds, split_fit_options
 from tests.helpers import ROOT, SMOKE, TINY_DATA, cifar_lab
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -172,7 +172,8 @@ def test_the_docs_show_every_command() -> None:
 class Workdir:
     """A temporary working folder with ``configs`` linked in and tiny runs training in the background,
     at the paths the docs use: ``runs/simple_cnn/version_0`` (and ``version_1``, a copy, for the commands that
-    compare two runs) and ``runs/airbench/version_0`` (the laptop recipe)."""
+    compare two runs), ``runs/airbench/version_0`` (the laptop recipe) and copies as the seeded run folders of
+    ``runs/experiments/batchnorm/``."""
 
     def __init__(self, path: Path, data_dir: Path) -> None:
         self.path = path
@@ -196,6 +197,10 @@ class Workdir:
             assert result.returncode == 0, f"the tiny {name} run failed:\n{result.stderr[-3000:]}"
         simple_cnn = self.path / "runs" / "simple_cnn"
         shutil.copytree(simple_cnn / "version_0", simple_cnn / "version_1")
+        for variant in ("simple_cnn", "simple_cnn_bn"):  # a seeded suite's run folders, for `compare` examples
+            for seed in (0, 1):
+                seeded = self.path / "runs/experiments/batchnorm" / variant / f"seed_{seed}"
+                shutil.copytree(simple_cnn / "version_0", seeded)
         self.ready = True
 
 
@@ -238,7 +243,9 @@ def parse_tool(name: str, argv: list[str], capsys: pytest.CaptureFixture[str]) -
     if name == "experiment":
         suite = load_suite(args.suite, args.configs)
         if fit_options:  # the variants' own configs parse in test_configs.py
-            parse_lightning(fit_command(suite, next(iter(suite.variants)), args.epochs, fit_options)[1:], capsys)
+            seeds = parse_seeds(args.seeds) if args.seeds else suite.seeds
+            parse_lightning(fit_command(suite, next(iter(suite.variants)), seeds[0], args.epochs, fit_options)[1:],
+                            capsys)
     elif name == "visualize":
         assert Path(args.ckpt).is_file(), f"visualize reads {args.ckpt}, which the tiny run does not have"
     elif name == "compare":

@@ -18,6 +18,7 @@ again skips finished runs, resumes interrupted ones from their ``last.ckpt`` and
 """
 
 import argparse
+import contextlib
 import fcntl
 import functools
 import os
@@ -215,21 +216,20 @@ def run_job(job: Job, execute: Execute, progress: Progress, log_to_file: bool, e
             extra_fit: list[str]) -> None:
     """Fit (new, or resumed from ``last.ckpt``) and test one run, unless it is finished already."""
     run = job.run
-    if run.config_file.is_file() and (is_tested(run) or run.last_checkpoint.is_file()):
+    tested = is_tested(run)
+    if tested or (run.config_file.is_file() and run.last_checkpoint.is_file()):
         check_reusable(job)
-    if is_tested(run):
+    if tested:
         progress.say(job, f"finished earlier, kept ({run.path})", ended=True)
         return
-    held = lock(run)
-    try:
+    with lock(run), (run.path / LOG_FILE).open("a") if log_to_file else contextlib.nullcontext() as log:
         if run.last_checkpoint.is_file():
             fit, what = [PROGRAM, "fit", "--resume", str(run.path), *extra_fit], "resuming from last.ckpt"
         else:
             for stale in run.path.iterdir():  # a fit killed before its first checkpoint: start afresh
-                if stale.name != LOCK_FILE:
+                if stale.name not in (LOCK_FILE, LOG_FILE):
                     shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
             fit, what = [*job.fit, *extra_fit], "fit"
-        log = (run.path / LOG_FILE).open("a") if log_to_file else None
         start = time.perf_counter()
         progress.say(job, f"{what}{f', output in {run.path / LOG_FILE}' if log else ''}: {shlex.join(fit)}")
         for command in (fit, evaluation_command(run)):
@@ -243,8 +243,6 @@ def run_job(job: Job, execute: Execute, progress: Progress, log_to_file: bool, e
                                             f"{run.path}; do the extra options change trainer.logger?")
         accuracy = load_run(run.path).last("test/acc")
         progress.say(job, f"done in {time.perf_counter() - start:.0f} s, test/acc {accuracy:.4f}", ended=True)
-    finally:
-        held.close()
 
 
 def job_resources(jobs: int) -> tuple[list[dict[str, str]], list[str]]:
