@@ -5,8 +5,10 @@ a few steps while the data still has CIFAR-10's exact shapes, dtypes and file la
 on these live in ``conftest.py``; tests import helpers from here, always as ``tests.helpers``.
 """
 
+import contextlib
 import hashlib
 import importlib.util
+import io
 import os
 import pickle
 import subprocess
@@ -16,9 +18,11 @@ from types import ModuleType
 
 import lightning as L
 import numpy as np
+import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from cifar_lab.cli import main
 from cifar_lab.data.datamodule import CIFAR10DataModule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,3 +139,19 @@ def load_benchmark() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def cli_error_line(tmp_path: Path, data_dir: Path, *args: str, subcommand: str = "fit") -> str:
+    """``cifar-lab <subcommand>`` with the smoke options, through the CLI's entry point in this process (a
+    subprocess only adds start-up time; ``cifar_lab`` runs one): its one error line, after exit code 1."""
+    stderr = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stderr(stderr):
+        patch.chdir(tmp_path)
+        patch.setenv("CIFAR_LAB_DATA", str(data_dir))
+        patch.setattr(sys, "argv", ["cifar-lab"])
+        with pytest.raises(SystemExit) as exit_info:
+            main([subcommand, *SMOKE, *args])
+    assert exit_info.value.code == 1, stderr.getvalue()[-3000:]
+    lines = [line for line in stderr.getvalue().splitlines() if line.startswith("cifar-lab: error:")]
+    assert len(lines) == 1, stderr.getvalue()[-3000:]
+    return lines[0]

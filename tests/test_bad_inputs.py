@@ -13,14 +13,7 @@ import pytest
 import torch
 
 from cifar_lab.module import ImageClassifier
-from tests.helpers import SMOKE, cifar_lab, one_line_error, write_batches, write_npz
-
-
-def fails_with(tmp_path: Path, data_dir: Path, *args: str, subcommand: str = "fit") -> str:
-    """Run the CLI; return its one error line (asserting exit code 1 and no traceback)."""
-    result = cifar_lab(subcommand, *SMOKE, *args, cwd=tmp_path, data_dir=data_dir)
-    assert result.returncode == 1, result.stderr[-3000:]
-    return one_line_error(result)
+from tests.helpers import cli_error_line, write_batches, write_npz
 
 
 @pytest.mark.parametrize(
@@ -47,13 +40,13 @@ def fails_with(tmp_path: Path, data_dir: Path, *args: str, subcommand: str = "fi
     ],
 )
 def test_bad_setting(args: list[str], expected: str, npz_dir: Path, tmp_path: Path) -> None:
-    assert expected in fails_with(tmp_path, npz_dir, *args)
+    assert expected in cli_error_line(tmp_path, npz_dir, *args)
 
 
 def test_unknown_key_in_a_config_file(npz_dir: Path, tmp_path: Path) -> None:
     config = tmp_path / "typo.yaml"
     config.write_text("trainer:\n  max_epoch: 3\n")
-    line = fails_with(tmp_path, npz_dir, "--config", str(config))
+    line = cli_error_line(tmp_path, npz_dir, "--config", str(config))
     assert "does not accept option 'trainer.max_epoch'" in line
 
 
@@ -61,7 +54,7 @@ def test_images_of_the_wrong_size_in_the_array_file(tmp_path: Path) -> None:
     path = write_npz(tmp_path / "data")
     arrays = dict(np.load(path))
     np.savez(path, **{**arrays, "train_images": arrays["train_images"][:, :28, :28]})
-    line = fails_with(tmp_path, tmp_path / "data")
+    line = cli_error_line(tmp_path, tmp_path / "data")
     assert "train_images must be uint8 [N,32,32,3], got uint8 [300, 28, 28, 3]" in line
 
 
@@ -80,7 +73,7 @@ def test_batch_file_with_a_wrong_checksum_is_not_unpickled(tmp_path: Path) -> No
     write_batches(data)
     marker = tmp_path / "unpickled"
     (data / "cifar-10-batches-py" / "data_batch_1").write_bytes(pickle.dumps(WriteMarker(marker)))
-    line = fails_with(tmp_path, data)
+    line = cli_error_line(tmp_path, data)
     assert "checksum mismatch for" in line and "data_batch_1" in line and "not unpickled" in line
     assert not marker.exists()
 
@@ -90,13 +83,13 @@ def test_truncated_batch_file(tmp_path: Path) -> None:
     write_batches(data)
     batch = data / "cifar-10-batches-py" / "data_batch_1"
     batch.write_bytes(batch.read_bytes()[:1000])
-    line = fails_with(tmp_path, data)
+    line = cli_error_line(tmp_path, data)
     assert "checksum mismatch for" in line and "data_batch_1" in line
 
 
 def test_data_folder_that_cannot_be_written_when_downloading(tmp_path: Path) -> None:
     (tmp_path / "a_file").touch()  # a folder below a file can never be created, even by root
-    line = fails_with(tmp_path, tmp_path / "a_file" / "data")
+    line = cli_error_line(tmp_path, tmp_path / "a_file" / "data")
     assert f"cannot download CIFAR-10 into {tmp_path / 'a_file' / 'data'}: the folder is not writable" in line
 
 
@@ -111,14 +104,14 @@ def write_checkpoint(path: Path, model: ImageClassifier, with_hyperparameters: b
 
 def test_checkpoint_of_another_backbone(npz_dir: Path, tmp_path: Path) -> None:
     checkpoint = write_checkpoint(tmp_path / "resnet.ckpt", ImageClassifier("resnet18"), with_hyperparameters=False)
-    line = fails_with(tmp_path, npz_dir, "--ckpt_path", str(checkpoint), subcommand="test")
+    line = cli_error_line(tmp_path, npz_dir, "--ckpt_path", str(checkpoint), subcommand="test")
     assert "the checkpoint holds another network (no hyperparameters saved) but this run builds backbone " \
            "'simple_cnn' with 10 classes" in line
 
 
 def test_checkpoint_with_another_class_count(npz_dir: Path, tmp_path: Path) -> None:
     checkpoint = write_checkpoint(tmp_path / "five.ckpt", ImageClassifier("simple_cnn", num_classes=5))
-    line = fails_with(tmp_path, npz_dir, "--ckpt_path", str(checkpoint), subcommand="test")
+    line = cli_error_line(tmp_path, npz_dir, "--ckpt_path", str(checkpoint), subcommand="test")
     assert "the checkpoint holds backbone 'simple_cnn' with 5 classes but this run builds backbone " \
            "'simple_cnn' with 10 classes" in line
 
@@ -126,14 +119,14 @@ def test_checkpoint_with_another_class_count(npz_dir: Path, tmp_path: Path) -> N
 def test_file_that_is_not_a_checkpoint(npz_dir: Path, tmp_path: Path) -> None:
     not_checkpoint = tmp_path / "notes.ckpt"
     not_checkpoint.write_text("a text file\n")
-    line = fails_with(tmp_path, npz_dir, "--ckpt_path", str(not_checkpoint), subcommand="test")
+    line = cli_error_line(tmp_path, npz_dir, "--ckpt_path", str(not_checkpoint), subcommand="test")
     assert f"{not_checkpoint} is not a readable checkpoint" in line
 
 
 def test_truncated_checkpoint(npz_dir: Path, tmp_path: Path) -> None:
     checkpoint = write_checkpoint(tmp_path / "last.ckpt", ImageClassifier("simple_cnn"))
     checkpoint.write_bytes(checkpoint.read_bytes()[:-1000])
-    line = fails_with(tmp_path, npz_dir, "--ckpt_path", str(checkpoint))
+    line = cli_error_line(tmp_path, npz_dir, "--ckpt_path", str(checkpoint))
     assert f"{checkpoint} is not a readable checkpoint (truncated, corrupt" in line
 
 
@@ -141,11 +134,11 @@ def test_crafted_checkpoint_is_refused_without_running_its_code(npz_dir: Path, t
     marker = tmp_path / "unpickled"
     crafted = tmp_path / "crafted.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": WriteMarker(marker)}, crafted)
-    line = fails_with(tmp_path, npz_dir, "--ckpt_path", str(crafted), subcommand="test")
+    line = cli_error_line(tmp_path, npz_dir, "--ckpt_path", str(crafted), subcommand="test")
     assert "refuses to unpickle" in line
     assert not marker.exists()
 
 
 def test_missing_checkpoint(npz_dir: Path, tmp_path: Path) -> None:
-    line = fails_with(tmp_path, npz_dir, "--ckpt_path", str(tmp_path / "nope.ckpt"), subcommand="test")
+    line = cli_error_line(tmp_path, npz_dir, "--ckpt_path", str(tmp_path / "nope.ckpt"), subcommand="test")
     assert f"checkpoint {tmp_path / 'nope.ckpt'} does not exist" in line

@@ -16,6 +16,7 @@ from tests.helpers import (
     TEST_SIZE,
     assert_same_weights,
     cifar_lab,
+    cli_error_line,
     one_line_error,
     read_scalars,
 )
@@ -92,8 +93,7 @@ def test_unknown_backbone_is_a_one_line_error(npz_dir: Path, tmp_path: Path) -> 
 
 def test_missing_data_without_download_is_a_one_line_error(tmp_path: Path) -> None:
     missing = tmp_path / "no_data"
-    result = cifar_lab("fit", *SMOKE, "--data.download", "false", cwd=tmp_path, data_dir=missing)
-    line = one_line_error(result)
+    line = cli_error_line(tmp_path, missing, "--data.download", "false")
     assert str(missing / "cifar10.npz") in line and "download" in line
 
 
