@@ -12,7 +12,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from cifar_lab.cli import main
 from cifar_lab.reporting.runs import group_runs, load_run
-from cifar_lab.reporting.statistics import difference, spread
+from cifar_lab.reporting.statistics import Spread, difference, spread
 from cifar_lab.tools.compare import compare
 
 T_975_2DF = 4.302652729911275  # Student t quantile for a 95% interval with 2 degrees of freedom
@@ -26,7 +26,7 @@ def test_spread_of_three_runs_is_the_mean_the_sample_std_and_the_student_t_inter
 
 
 def test_one_run_has_a_mean_and_no_spread() -> None:
-    assert spread([0.9]) == spread([0.9]).__class__(1, 0.9, None, None, None)
+    assert spread([0.9]) == Spread(n=1, mean=0.9, std=None, low=None, high=None)
 
 
 def test_difference_over_shared_seeds_is_a_paired_t_test() -> None:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import (
     SCALARS,
     EventAccumulator,
@@ -67,11 +66,6 @@ class RunFolder:
         run = cls(checkpoints.parent)
         return run if checkpoints.name == CHECKPOINTS_DIR and run.config_file.is_file() else None
 
-    @classmethod
-    def next_version(cls, save_dir: Path, name: str) -> "RunFolder":
-        """Where the next ``fit`` logging to ``<save_dir>/<name>`` writes: the version TensorBoardLogger picks."""
-        return cls(save_dir / name / f"version_{TensorBoardLogger(save_dir, name=name).version}")
-
     @property
     def config_file(self) -> Path:
         return self.path / CONFIG_FILE
@@ -107,11 +101,6 @@ class RunFolder:
         in_place = saved is not None and Path(saved).resolve() == self.path.resolve().parent.parent
         return {"save_dir": saved if in_place else str(self.path.parent.parent), "name": self.path.parent.name,
                 "version": self.path.name}
-
-    def logger_args(self) -> list[str]:
-        """``logger_location`` as ``cifar-lab fit`` options."""
-        return [arg for key, value in self.logger_location().items()
-                for arg in (f"--trainer.logger.init_args.{key}", value)]
 
 
 @dataclass

@@ -209,7 +209,8 @@ class Progress:
     def say(self, job: Job, what: str, ended: bool = False) -> None:
         with self.lock:
             self.ended += ended
-            print(f"{PROGRAM} experiment {self.suite.name} [{self.ended}/{self.total}] {job.name}: {what}", flush=True)
+            print(f"{PROGRAM} experiment {self.suite.name} [{self.ended}/{self.total} done] {job.name}: {what}",
+                  flush=True)
 
 
 def run_job(job: Job, execute: Execute, progress: Progress, log_to_file: bool, env: dict[str, str],
