@@ -15,7 +15,7 @@ import yaml
 from cifar_lab.cli import build_cli, main
 from cifar_lab.errors import ExperimentFailedError
 from cifar_lab.reporting.runs import load_run
-from cifar_lab.tools.experiment import load_suite, run_suite
+from cifar_lab.tools.experiment import load_suite, parse_seeds, run_suite
 from tests.helpers import CONFIGS, ROOT, TINY_DATA, cli_env
 
 EXPERIMENTS = CONFIGS / "experiments"
@@ -70,11 +70,15 @@ def test_unknown_suite_is_a_one_line_error_listing_the_suites(capsys: pytest.Cap
                                        "'augmentation', 'batchnorm', 'optimizer', 'pooling']\n")
 
 
+def test_seeds_are_a_count_a_list_or_one_seed_with_a_trailing_comma() -> None:
+    assert (parse_seeds("3"), parse_seeds("0,5,7"), parse_seeds("7,")) == ((0, 1, 2), (0, 5, 7), (7,))
+
+
 @pytest.mark.parametrize(("options", "message"), [
     (["--seeds", "0"], "--seeds takes a count of at least 1 (3 means seeds 0, 1, 2) or a comma-separated list of "
-                       "distinct seeds >= 0 (0,5,7), got '0'"),
+                       "distinct seeds >= 0 (0,5,7; one seed alone: 7,), got '0'"),
     (["--seeds", "a,b"], "--seeds takes a count of at least 1 (3 means seeds 0, 1, 2) or a comma-separated list of "
-                         "distinct seeds >= 0 (0,5,7), got 'a,b'"),
+                         "distinct seeds >= 0 (0,5,7; one seed alone: 7,), got 'a,b'"),
     (["--jobs", "0"], "--jobs must be at least 1, got 0"),
 ])
 def test_bad_seeds_and_jobs_are_one_line_errors(options: list[str], message: str,

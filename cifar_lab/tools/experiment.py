@@ -107,15 +107,15 @@ def load_suite(name: str, configs: Path = CONFIGS_DIR) -> Suite:
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
-    """``3`` -> seeds 0, 1, 2; ``0,5,7`` -> those seeds."""
+    """``3`` -> seeds 0, 1, 2; ``0,5,7`` -> those seeds; ``7,`` -> seed 7 alone."""
     try:
-        values = [int(part) for part in text.split(",")]
+        values = [int(part) for part in text.split(",") if part or "," not in text]
     except ValueError:
         values = []
     count = "," not in text
     if not values or any(v < 0 for v in values) or (count and values[0] < 1) or len(set(values)) < len(values):
         raise ConfigError(f"--seeds takes a count of at least 1 (3 means seeds 0, 1, 2) or a comma-separated list of "
-                          f"distinct seeds >= 0 (0,5,7), got {text!r}")
+                          f"distinct seeds >= 0 (0,5,7; one seed alone: 7,), got {text!r}")
     return tuple(range(values[0])) if count else tuple(values)
 
 
