@@ -29,6 +29,8 @@ from tests.helpers import cli_error_line, write_batches, write_npz
                      id="zero-epochs"),
         pytest.param(["--data.val_size", "300"], "val_size=300 must be smaller than the 300 training images",
                      id="val-size-too-large"),
+        pytest.param(["--data.train_fraction", "1.5"], "train_fraction must be in (0, 1]", id="train-fraction-above-1"),
+        pytest.param(["--data.train_fraction", "0"], "train_fraction must be in (0, 1]", id="train-fraction-0"),
         pytest.param(["--data.augment", "fancy"], "unknown augment preset 'fancy'; choose one of",
                      id="unknown-augment"),
         pytest.param(["--trainer.precision", "16-mixed"], "trainer.precision=16-mixed needs a GPU", id="fp16-on-cpu"),

@@ -120,7 +120,7 @@ def test_recipe_trains_one_batch_on_tiny_data(recipe: Path, npz_dir: Path, tmp_p
 def test_the_issues_experiment_suites_are_found() -> None:
     assert {suite.name: sorted(suite.variants) for suite in SUITES} == {
         "architecture": ["mobilenet_v2", "resnet18", "simple_cnn", "vgg11"],
-        "augmentation": ["autoaugment", "none", "standard", "standard_cutout"],
+        "augmentation": ["autoaugment", "color", "cutmix", "cutout", "mixup", "none", "standard"],
         "batchnorm": ["simple_cnn", "simple_cnn_bn"],
         "optimizer": ["adam", "adamw", "sgd"],
         "pooling": ["avg", "max", "strided"],

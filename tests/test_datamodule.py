@@ -5,6 +5,7 @@ import torch
 from torchvision.transforms import v2
 
 from cifar_lab.data import CIFAR10DataModule
+from cifar_lab.data.datamodule import class_balanced_subset
 from cifar_lab.data.augment import CIFAR10_MEAN, CIFAR10_STD
 from cifar_lab.data.device_loader import BatchAugment
 from cifar_lab.errors import ConfigError
@@ -43,6 +44,26 @@ def test_split_is_fixed_by_split_seed_not_by_the_run_seed(npz_dir: Path) -> None
     torch.manual_seed(1)
     assert torch.equal(first, make_dm(npz_dir).datasets["val"].images)
     assert not torch.equal(first, make_dm(npz_dir, split_seed=1).datasets["val"].images)
+
+
+def test_class_balanced_subset_keeps_the_first_share_of_each_class_in_order() -> None:
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 1, 1])  # by image index
+    indices = torch.tensor([5, 3, 0, 6, 1, 4, 7, 2])  # classes 1, 1, 0, 1, 0, 1, 1, 0
+    # class 0 (0, 1, 2): round(0.5 * 3) = 2 -> images 0, 1; class 1 (5, 3, 6, 4, 7): round(2.5) = 2 -> 5, 3
+    assert class_balanced_subset(indices, labels, 0.5).tolist() == [5, 3, 0, 1]
+    assert class_balanced_subset(indices, labels, 0.01).tolist() == [5, 0]  # at least one image per class
+
+
+def test_train_fraction_is_a_fixed_class_balanced_subset_disjoint_from_validation(npz_dir: Path) -> None:
+    full, half = make_dm(npz_dir), make_dm(npz_dir, train_fraction=0.5)
+    full_labels, half_labels = full.datasets["train"].labels, half.datasets["train"].labels
+    for label in full_labels.unique():
+        assert (half_labels == label).sum() == max(1, round(0.5 * int((full_labels == label).sum())))
+    assert image_keys(half.datasets["train"]) <= image_keys(full.datasets["train"])
+    assert torch.equal(half.datasets["val"].images, full.datasets["val"].images)
+    assert torch.equal(half.datasets["train"].images, make_dm(npz_dir, train_fraction=0.5).datasets["train"].images)
+    other_split = make_dm(npz_dir, train_fraction=0.5, split_seed=1).datasets["train"].images
+    assert not torch.equal(half.datasets["train"].images, other_split)
 
 
 def test_val_and_test_are_normalised_and_never_augmented(npz_dir: Path) -> None:

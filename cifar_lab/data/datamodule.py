@@ -39,6 +39,19 @@ class ImageArrayDataset(Dataset):
         return self.transform(tv_tensors.Image(self.images[index])), int(self.labels[index])
 
 
+def class_balanced_subset(indices: torch.Tensor, labels: torch.Tensor, fraction: float) -> torch.Tensor:
+    """The first ``fraction`` of each class's images in ``indices`` (at least one each), in ``indices``' order.
+
+    Taking a share per class rather than the first ``fraction`` of ``indices`` keeps a small subset's class
+    balance equal to the full set's, so a 10% run differs from a full run in size only.
+    """
+    keep = torch.zeros(len(indices), dtype=torch.bool)
+    for label in labels[indices].unique():
+        members = torch.nonzero(labels[indices] == label).flatten()
+        keep[members[:max(1, round(fraction * len(members)))]] = True
+    return indices[keep]
+
+
 def default_data_dir() -> str:
     return os.environ.get(DATA_DIR_ENV, "./data")
 
@@ -55,6 +68,9 @@ class CIFAR10DataModule(L.LightningDataModule):
         pin_memory: page-locked host memory for faster copies to a GPU.
         val_size: training images held out for validation (the test split is never used for it).
         split_seed: seed of the train/val split, independent of the run's seed.
+        train_fraction: share of the training images to train on, in (0, 1]: a fixed subset (by ``split_seed``)
+            that keeps each class's share, drawn after the validation images are held out, so learning from
+            little data (where augmentation and pretraining matter) is measured on the same validation set.
         augment: training augmentation: a preset name (``none``, ``standard``, ``color``, ``autoaugment``,
             ``randaugment``, ``trivialaugment``; see ``cifar_lab.data.augment.PRESETS``) or a list of
             ``torchvision.transforms.v2`` transforms of uint8 images (``class_path``/``init_args`` in YAML).
@@ -82,6 +98,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         pin_memory: bool = False,
         val_size: int = 5000,
         split_seed: int = 0,
+        train_fraction: float = 1.0,
         augment: str | list[v2.Transform] = "standard",
         erasing: Erasing | None = None,
         loader: Literal["dataloader", "device"] = "dataloader",
@@ -98,6 +115,8 @@ class CIFAR10DataModule(L.LightningDataModule):
                                   "memory format of the model and of every batch; remove data.channels_last")
         if val_size < 0:
             raise ConfigError(f"val_size must be >= 0, got {val_size}")
+        if not 0.0 < train_fraction <= 1.0:
+            raise ConfigError(f"train_fraction must be in (0, 1] (1 trains on every training image), got {train_fraction}")
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.save_hyperparameters(ignore=["channels_last"])  # deprecated; the model's hparam of that name rules
@@ -146,6 +165,8 @@ class CIFAR10DataModule(L.LightningDataModule):
             raise ConfigError(f"val_size={val_size} must be smaller than the {len(train_labels)} training images")
         order = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(self.hparams.split_seed))
         val_idx, train_idx = order[:val_size], order[val_size:]
+        if self.hparams.train_fraction < 1.0:
+            train_idx = class_balanced_subset(train_idx, train_labels, self.hparams.train_fraction)
         self.datasets = {
             "train": ImageArrayDataset(train_images[train_idx], train_labels[train_idx], self.train_transform),
             "val": ImageArrayDataset(train_images[val_idx], train_labels[val_idx], self.eval_transform),
