@@ -1,5 +1,6 @@
 """The CLI end to end, in subprocesses, as a user runs it."""
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import yaml
 from cifar_lab.cli import build_cli, main
 from cifar_lab.data import CIFAR10DataModule
 from cifar_lab.module import load_classifier
+from cifar_lab.reporting.runs import load_run
 from tests.helpers import (
     CLASSES,
     SMOKE,
@@ -72,6 +74,24 @@ def test_saved_config_repeats_the_run_and_test_reports_accuracy(fitted_run: Path
         right = load_classifier(last)(images).argmax(dim=1) == labels
     assert printed["test/acc"] == pytest.approx(float(right.float().mean()))
     assert list(read_scalars(run, "test/acc").values()) == pytest.approx([printed["test/acc"]])
+
+
+def test_only_last_ckpt_tests_log_into_the_run_others_into_sub_folders_named_for_the_checkpoint(
+        fitted_run: Path, npz_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tmp_path / "copy" / "version_0"
+    shutil.copytree(fitted_run / RUN, run)
+    checkpoints = run / "checkpoints"
+    [best] = [path for path in checkpoints.iterdir() if path.name != "last.ckpt"]
+    shutil.copy(checkpoints / "last.ckpt", checkpoints / "extra.ckpt")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CIFAR_LAB_DATA", str(npz_dir))
+    before, config = load_run(run).values("test/acc"), (run / "config.yaml").read_text()
+    for checkpoint in (best, checkpoints / "extra.ckpt"):
+        main(["test", "--config", str(run / "config.yaml"), "--ckpt_path", str(checkpoint)])
+    assert load_run(run).values("test/acc") == before  # the run's own test/acc stays last.ckpt's
+    assert len(load_run(run / "best_val").values("test/acc")) == 1
+    assert len(load_run(run / "tests" / "extra").values("test/acc")) == 1
+    assert (run / "config.yaml").read_text() == config
 
 
 def test_fit_runs_in_bf16_mixed_precision_on_the_cpu(npz_dir: Path, tmp_path: Path) -> None:

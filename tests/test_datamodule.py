@@ -5,8 +5,8 @@ import torch
 from torchvision.transforms import v2
 
 from cifar_lab.data import CIFAR10DataModule
-from cifar_lab.data.datamodule import class_balanced_subset
 from cifar_lab.data.augment import CIFAR10_MEAN, CIFAR10_STD
+from cifar_lab.data.datamodule import class_balanced_subset
 from cifar_lab.data.device_loader import BatchAugment
 from cifar_lab.errors import ConfigError
 

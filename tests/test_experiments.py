@@ -127,6 +127,14 @@ def test_suite_fits_and_tests_every_variant_per_seed_then_writes_the_table_with_
         assert float(row["test_acc_mean"]) == pytest.approx(sum(run.last("test/acc") for run in runs) / 2)
     assert rows[0]["test_acc_vs_simple_cnn"] == "" and rows[1]["test"] == "paired"
     assert "wrote runs/experiments/batchnorm.md" in capsys.readouterr().out
+    commands.clear()
+    run_suite(load_suite("batchnorm", EXPERIMENTS), seeds=(0, 1), epochs=1, test_best_val=True,
+              extra=["--data.data_dir", str(npz_dir), *TINY_FIT], execute=in_process)
+    assert commands == [("test", "")] * 4  # finished runs: only their best-validation checkpoints are tested now
+    for row, before in zip(csv_rows(paths[1]), rows):
+        assert row["test_acc_mean"] == before["test_acc_mean"]  # last.ckpt's test/acc is still the result
+        runs = [load_run(tmp_path / tables / row["group"] / f"seed_{seed}" / "best_val") for seed in (0, 1)]
+        assert float(row["test_acc_best_val_ckpt_mean"]) == pytest.approx(sum(r.last("test/acc") for r in runs) / 2)
     with pytest.raises(ExperimentFailedError, match=r"seed_0 was trained with trainer.max_epochs=1 but 2 is asked "
                                                     r"for now; delete that folder"):
         run_suite(load_suite("batchnorm", EXPERIMENTS), seeds=(0, 1), epochs=2,

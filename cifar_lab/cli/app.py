@@ -110,15 +110,19 @@ class CifarLabCLI(LightningCLI):
 
     def _test_into_run_folder(self, config: Namespace) -> None:
         """``test`` of a checkpoint from ``<run>/checkpoints/`` logs into ``<run>`` (not a new version), beside
-        the training curves it belongs to, and leaves that run's ``config.yaml`` as fit wrote it."""
+        the training curves it belongs to, and leaves that run's ``config.yaml`` as fit wrote it. Only
+        ``last.ckpt``'s test logs into the run itself, so the run's ``test/acc`` never comes from a checkpoint
+        picked by its score; the others log into a sub-folder (``RunFolder.test_folder``)."""
         run = RunFolder.of_checkpoint(config.ckpt_path)
         logger = config.trainer.logger
         init_args = getattr(logger, "init_args", None)
-        if (run is None or init_args is None or not logger.class_path.endswith(".TensorBoardLogger")
-                or init_args.get("version") is not None):
+        if run is None or init_args is None or not logger.class_path.endswith(".TensorBoardLogger"):
             return
-        for key, value in run.logger_location().items():
-            init_args[key] = value
+        if init_args.get("version") is None:
+            for key, value in run.logger_location().items():
+                init_args[key] = value
+        if init_args.get("sub_dir") is None:
+            init_args.sub_dir = run.test_folder(config.ckpt_path)
         init_args.log_graph = False  # fit logged it there already
         self.save_config_callback = None
 

@@ -2,8 +2,9 @@
 TensorBoard scalars through tensorboard's EventAccumulator, and the saved config).
 
 A run folder is ``<save_dir>/<name>/<version>/`` (``runs/<backbone>/version_N/`` by default) holding
-``config.yaml``, the TensorBoard event files and ``checkpoints/``; ``test`` of one of its checkpoints
-logs into the same folder.
+``config.yaml``, the TensorBoard event files and ``checkpoints/``. ``test`` of its ``last.ckpt`` logs into
+the same folder, so a run's ``test/acc`` is always its last checkpoint's; ``test`` of its best-validation
+checkpoint logs into ``best_val/`` inside it, and of any other of its checkpoints into ``tests/<name>/``.
 """
 
 import glob
@@ -22,6 +23,7 @@ from tensorboard.backend.event_processing.event_accumulator import (
     ScalarEvent,
 )
 
+from cifar_lab.checkpoint_io import load_checkpoint_file
 from cifar_lab.errors import RunNotFoundError
 
 EVENT_READER_LOGGER = "tensorboard"
@@ -29,6 +31,8 @@ RUNS_DIR = "runs"  # where ``fit`` logs by default, relative to the working fold
 CONFIG_FILE = "config.yaml"
 CHECKPOINTS_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
+BEST_VAL_TESTS = "best_val"  # sub-folder of a run holding the test of its best-validation checkpoint
+OTHER_TESTS = "tests"  # sub-folder of a run holding tests of its other checkpoints, one folder each
 EVENTS_GLOB = "events.out.tfevents.*"
 GLOB_CHARS = "*?["
 HYPERPARAMETER_SECTIONS = ("seed_everything", "model", "data")
@@ -84,6 +88,25 @@ class RunFolder:
     @property
     def last_checkpoint(self) -> Path:
         return self.checkpoints / LAST_CHECKPOINT
+
+    @property
+    def best_val_checkpoint(self) -> Path | None:
+        """The checkpoint ModelCheckpoint kept as the best on its monitored metric, as ``last.ckpt`` records
+        it (None without ``last.ckpt`` or a monitored metric)."""
+        if not self.last_checkpoint.is_file():
+            return None
+        states = load_checkpoint_file(self.last_checkpoint).get("callbacks") or {}
+        best = [state.get("best_model_path") for key, state in states.items() if key.startswith("ModelCheckpoint")]
+        return next((self.checkpoints / Path(path).name for path in best if path), None)
+
+    def test_folder(self, ckpt_path: str | Path) -> str | None:
+        """Where a test of ``ckpt_path`` logs inside this run: None (the run itself) for ``last.ckpt``,
+        ``best_val`` for the best-validation checkpoint, ``tests/<name>`` for another."""
+        ckpt_path = Path(ckpt_path).resolve()
+        if ckpt_path == self.last_checkpoint.resolve():
+            return None
+        best = self.best_val_checkpoint
+        return BEST_VAL_TESTS if best is not None and best.resolve() == ckpt_path else f"{OTHER_TESTS}/{ckpt_path.stem}"
 
     @property
     def saved_logger_dir(self) -> str | None:

@@ -21,6 +21,8 @@ from cifar_lab.errors import CifarLabError, ConfigError, RunNotFoundError
 from cifar_lab.models import create
 from cifar_lab.reporting.plots import groups_figure
 from cifar_lab.reporting.runs import (
+    BEST_VAL_TESTS,
+    EVENTS_GLOB,
     Run,
     RunGroup,
     expand,
@@ -34,6 +36,8 @@ from cifar_lab.reporting.statistics import Difference, Spread, difference, sprea
 from cifar_lab.reporting.tables import markdown_table, write_csv
 
 COLUMNS = ["run", "backbone", "parameters", "epochs", "best_val_acc", "test_acc", "wall_time_s", "images_per_s"]
+# The test accuracy of the best-validation checkpoint, reported beside (never instead of) last.ckpt's.
+BEST_VAL_TEST = "test_acc_best_val_ckpt"
 # Per-epoch tags written during fit (not test): the first and last of them bound a run's wall time.
 FIT_TAGS = ("hp_metric", "train/loss_epoch", "val/acc")
 
@@ -55,6 +59,12 @@ def wall_time(run: Run) -> float | None:
     return max(times) - min(times) if len(times) > 1 else None
 
 
+def best_val_test(run: Run) -> float | None:
+    """``test/acc`` of the run's best-validation checkpoint, when it was tested (``<run>/best_val/``)."""
+    folder = run.folder / BEST_VAL_TESTS
+    return load_run(folder).last("test/acc") if any(folder.glob(EVENTS_GLOB)) else None
+
+
 def summary(run: Run) -> dict[str, Any]:
     """The table row of one run; None where the run has no such metric."""
     val_acc, images_per_s = run.values("val/acc"), run.values("train/images_per_s")
@@ -65,6 +75,7 @@ def summary(run: Run) -> dict[str, Any]:
         "epochs": len(run.values("train/loss_epoch")) or None,
         "best_val_acc": max(val_acc) if val_acc else None,
         "test_acc": run.last("test/acc"),
+        BEST_VAL_TEST: best_val_test(run),
         "wall_time_s": wall_time(run),
         "images_per_s": mean(images_per_s) if images_per_s else None,
     }
@@ -108,8 +119,9 @@ def per_run_table(runs: list[Run]) -> tuple[list[str], list[list[Any]], list[lis
     """Header, raw rows (CSV) and formatted rows (Markdown): one row per run."""
     summaries = [summary(run) for run in runs]
     extra = differing([flatten(hyperparameters(run.config)) for run in runs])
-    header = COLUMNS + list(extra)
-    rows = [[row[c] for c in COLUMNS] + [values[i] for values in extra.values()] for i, row in enumerate(summaries)]
+    columns = COLUMNS + ([BEST_VAL_TEST] if any(row[BEST_VAL_TEST] is not None for row in summaries) else [])
+    header = columns + list(extra)
+    rows = [[row[c] for c in columns] + [values[i] for values in extra.values()] for i, row in enumerate(summaries)]
     return header, rows, [[formatted(c, v) for c, v in zip(header, row)] for row in rows]
 
 
@@ -154,35 +166,41 @@ SPEED_COLUMNS = ["wall_time_s", "images_per_s"]
 def group_table(groups: list[RunGroup], baseline: str) -> tuple[list[str], list[str], list[list[Any]], list[list[Any]]]:
     """Markdown header, CSV header, raw rows (CSV) and formatted rows (Markdown): one row per group, with the
     spread of its accuracies and its test accuracy's difference from the ``baseline`` group."""
+    summaries = {group.label: [summary(run) for run in group.runs] for group in groups}
+    metrics = ["test_acc", "best_val_acc"]
+    if any(row[BEST_VAL_TEST] is not None for rows in summaries.values() for row in rows):
+        metrics.append(BEST_VAL_TEST)
     base = next(group for group in groups if group.label == baseline)
-    base_test = base.by_seed([run.last("test/acc") for run in base.runs])
+    base_test = base.by_seed([row["test_acc"] for row in summaries[baseline]])
     extra = differing([experiment_settings(group.runs[0].config) for group in groups])
     versus = f"test_acc_vs_{baseline}"
-    header = [*GROUP_COLUMNS, "test_acc", "test_acc_ci", "best_val_acc", "best_val_acc_ci", *SPEED_COLUMNS, versus,
-              "p_value", *extra]
-    csv_header = [*GROUP_COLUMNS, *(f"{metric}_{part}" for metric in ("test_acc", "best_val_acc")
+    header = [*GROUP_COLUMNS, *(f"{metric}{part}" for metric in metrics for part in ("", "_ci")), *SPEED_COLUMNS,
+              versus, "p_value", *extra]
+    csv_header = [*GROUP_COLUMNS, *(f"{metric}_{part}" for metric in metrics
                                     for part in ("mean", "std", "ci_low", "ci_high")),
                   *SPEED_COLUMNS, versus, f"{versus}_ci_low", f"{versus}_ci_high", "p_value", "test", *extra]
     raw, cells = [], []
     for i, group in enumerate(groups):
-        rows = [summary(run) for run in group.runs]
-        test, val = spread_of([row["test_acc"] for row in rows]), spread_of([row["best_val_acc"] for row in rows])
+        rows = summaries[group.label]
+        spreads = [spread_of([row[metric] for row in rows]) for metric in metrics]
         diff = None if group is base else difference(base_test, group.by_seed([row["test_acc"] for row in rows]))
         first = {column: rows[0][column] for column in ("backbone", "parameters", "epochs")}
         common = [group.label, len(rows), *first.values()]
         speed = [mean_of([row[column] for row in rows]) for column in SPEED_COLUMNS]
         settings = [values[i] for values in extra.values()]
-        raw.append([*common, *spread_values(test), *spread_values(val), *speed, *difference_values(diff), *settings])
-        cells.append([*(formatted(c, v) for c, v in zip(GROUP_COLUMNS, common)), *spread_cells(test),
-                      *spread_cells(val), *(formatted(c, v) for c, v in zip(SPEED_COLUMNS, speed)),
-                      *difference_cells(diff), *settings])
+        raw.append([*common, *(value for result in spreads for value in spread_values(result)), *speed,
+                    *difference_values(diff), *settings])
+        cells.append([*(formatted(c, v) for c, v in zip(GROUP_COLUMNS, common)),
+                      *(cell for result in spreads for cell in spread_cells(result)),
+                      *(formatted(c, v) for c, v in zip(SPEED_COLUMNS, speed)), *difference_cells(diff), *settings])
     return header, csv_header, raw, cells
 
 
 def notes(grouped: bool, baseline: str | None) -> str:
     """What each number is: which split and checkpoint, and how sure it is."""
-    lines = ["test_acc: test split, the checkpoint each run's last `test` evaluated (`cifar-lab experiment` tests "
-             "last.ckpt); best_val_acc: validation split, best epoch."]
+    lines = [("test_acc: test split, each run's last.ckpt (the end of training; no checkpoint is picked by a score); "
+              "best_val_acc: validation split, best epoch; test_acc_best_val_ckpt (where tested, e.g. "
+              "`cifar-lab experiment --test-best-val`): test split, the checkpoint of that best validation epoch.")]
     if grouped:
         lines.append(f"Runs whose configs differ only in the seed form a group: mean ± sample std over its n runs, "
                      f"ci: 95% Student-t interval of the mean. test_acc_vs_{baseline}: mean difference from the "

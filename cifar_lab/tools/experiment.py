@@ -9,10 +9,12 @@ others in one thing, and ``suite.yaml`` (read here, never by ``fit``) naming its
     cifar-lab experiment batchnorm --jobs 2       # two runs at a time (the CPU cores, or one GPU each)
     cifar-lab experiment batchnorm --out results  # the same, writing the committed results/ tables
     cifar-lab experiment batchnorm --dry-run      # print the commands (e.g. for a cluster) and run nothing
+    cifar-lab experiment batchnorm --test-best-val  # also test each run's best-validation checkpoint
 
 Each run is ``cifar-lab fit --config base.yaml --config <variant>.yaml --seed_everything <s> [extra]``,
 logging into ``runs/experiments/<suite>/<variant>/seed_<s>/``, then ``cifar-lab test`` of that run's
-``last.ckpt``; last, ``cifar-lab compare`` of exactly those runs writes the suite's table and plot, one row
+``last.ckpt`` (and, with ``--test-best-val``, of its best-validation checkpoint, reported in a column of
+its own); last, ``cifar-lab compare`` of exactly those runs writes the suite's table and plot, one row
 per variant with its spread over the seeds and its difference from the baseline. Running the same command
 again skips finished runs, resumes interrupted ones from their ``last.ckpt`` and starts the missing ones.
 """
@@ -38,7 +40,14 @@ import torch
 import yaml
 
 from cifar_lab.errors import ConfigError, ExperimentFailedError
-from cifar_lab.reporting.runs import RUNS_DIR, RunFolder, experiment_settings, load_run
+from cifar_lab.reporting.runs import (
+    BEST_VAL_TESTS,
+    EVENTS_GLOB,
+    RUNS_DIR,
+    RunFolder,
+    experiment_settings,
+    load_run,
+)
 from cifar_lab.tools import PARENT_PID_ENV
 from cifar_lab.tools.compare import compare, differing
 
@@ -130,9 +139,20 @@ def fit_command(suite: Suite, variant: str, seed: int, epochs: int | None, extra
     return command + extra
 
 
-def evaluation_command(run: RunFolder) -> list[str]:
-    """``cifar-lab test`` of a run's last checkpoint with the run's own config; it logs into the run's folder."""
-    return [PROGRAM, "test", "--config", str(run.config_file), "--ckpt_path", str(run.last_checkpoint)]
+def evaluation_command(run: RunFolder, checkpoint: Path | None = None) -> list[str]:
+    """``cifar-lab test`` of a run's checkpoint (``last.ckpt`` unless given) with the run's own config; it logs
+    into the run's folder (a best-validation checkpoint into its ``best_val/``)."""
+    checkpoint = checkpoint or run.last_checkpoint
+    return [PROGRAM, "test", "--config", str(run.config_file), "--ckpt_path", str(checkpoint)]
+
+
+def best_val_evaluation_command(run: RunFolder) -> list[str]:
+    """``cifar-lab test`` of the checkpoint of a finished run's best validation epoch."""
+    best = run.best_val_checkpoint
+    if best is None or not best.is_file():
+        raise ExperimentFailedError(f"{run.path} has no best-validation checkpoint to test (checkpoint.monitor "
+                                    f"null, or val/acc never logged); run the suite without --test-best-val")
+    return evaluation_command(run, best)
 
 
 def compare_command(runs: list[Path], out: Path, name: str, baseline: str | None) -> list[str]:
@@ -185,6 +205,11 @@ def is_tested(run: RunFolder) -> bool:
     return run.config_file.is_file() and load_run(run.path).last("test/acc") is not None
 
 
+def is_best_val_tested(run: RunFolder) -> bool:
+    folder = run.path / BEST_VAL_TESTS
+    return any(folder.glob(EVENTS_GLOB)) and load_run(folder).last("test/acc") is not None
+
+
 def lock(run: RunFolder) -> IO[str]:
     """Hold ``<run>/.experiment.lock`` while its fit and test run: a second suite driver on the same run
     folder is refused instead of writing into it too."""
@@ -214,36 +239,53 @@ class Progress:
 
 
 def run_job(job: Job, execute: Execute, progress: Progress, log_to_file: bool, env: dict[str, str],
-            extra_fit: list[str]) -> None:
-    """Fit (new, or resumed from ``last.ckpt``) and test one run, unless it is finished already."""
+            extra_fit: list[str], test_best_val: bool = False) -> None:
+    """Fit (new, or resumed from ``last.ckpt``) and test one run, unless it is finished already; with
+    ``test_best_val`` also test its best-validation checkpoint."""
     run = job.run
     tested = is_tested(run)
     if tested or (run.config_file.is_file() and run.last_checkpoint.is_file()):
         check_reusable(job)
-    if tested:
+    best_val_due = test_best_val and not (tested and is_best_val_tested(run))
+    if tested and not best_val_due:
         progress.say(job, f"finished earlier, kept ({run.path})", ended=True)
         return
     with lock(run), (run.path / LOG_FILE).open("a") if log_to_file else contextlib.nullcontext() as log:
-        if run.last_checkpoint.is_file():
-            fit, what = [PROGRAM, "fit", "--resume", str(run.path), *extra_fit], "resuming from last.ckpt"
-        else:
-            for stale in run.path.iterdir():  # a fit killed before its first checkpoint: start afresh
-                if stale.name not in (LOCK_FILE, LOG_FILE):
-                    shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
-            fit, what = [*job.fit, *extra_fit], "fit"
         start = time.perf_counter()
-        progress.say(job, f"{what}{f', output in {run.path / LOG_FILE}' if log else ''}: {shlex.join(fit)}")
-        for command in (fit, evaluation_command(run)):
-            code = execute(command, log, env)
-            if code != 0:
-                where = f"in {log.name}" if log else "above"
-                raise ExperimentFailedError(f"experiment {progress.suite.name}, {job.name}: {command[1]} ended with "
-                                            f"exit code {code} (see its output {where}): {shlex.join(command)}")
-            if command[1] == "fit" and not run.config_file.is_file():
-                raise ExperimentFailedError(f"experiment {progress.suite.name}, {job.name}: fit did not log into "
-                                            f"{run.path}; do the extra options change trainer.logger?")
+        if not tested:
+            fit_and_test(job, execute, progress, log, env, extra_fit)
+        if best_val_due:
+            execute_or_fail(best_val_evaluation_command(run), job, execute, progress, log, env)
         accuracy = load_run(run.path).last("test/acc")
         progress.say(job, f"done in {time.perf_counter() - start:.0f} s, test/acc {accuracy:.4f}", ended=True)
+
+
+def fit_and_test(job: Job, execute: Execute, progress: Progress, log: IO[str] | None, env: dict[str, str],
+                 extra_fit: list[str]) -> None:
+    """Fit (new, or resumed from ``last.ckpt``), then test ``last.ckpt``."""
+    run = job.run
+    if run.last_checkpoint.is_file():
+        fit, what = [PROGRAM, "fit", "--resume", str(run.path), *extra_fit], "resuming from last.ckpt"
+    else:
+        for stale in run.path.iterdir():  # a fit killed before its first checkpoint: start afresh
+            if stale.name not in (LOCK_FILE, LOG_FILE):
+                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+        fit, what = [*job.fit, *extra_fit], "fit"
+    progress.say(job, f"{what}{f', output in {run.path / LOG_FILE}' if log else ''}: {shlex.join(fit)}")
+    execute_or_fail(fit, job, execute, progress, log, env)
+    if not run.config_file.is_file():
+        raise ExperimentFailedError(f"experiment {progress.suite.name}, {job.name}: fit did not log into "
+                                    f"{run.path}; do the extra options change trainer.logger?")
+    execute_or_fail(evaluation_command(run), job, execute, progress, log, env)
+
+
+def execute_or_fail(command: list[str], job: Job, execute: Execute, progress: Progress, log: IO[str] | None,
+                    env: dict[str, str]) -> None:
+    code = execute(command, log, env)
+    if code != 0:
+        where = f"in {log.name}" if log else "above"
+        raise ExperimentFailedError(f"experiment {progress.suite.name}, {job.name}: {command[1]} ended with "
+                                    f"exit code {code} (see its output {where}): {shlex.join(command)}")
 
 
 def job_resources(jobs: int) -> tuple[list[dict[str, str]], list[str]]:
@@ -257,7 +299,7 @@ def job_resources(jobs: int) -> tuple[list[dict[str, str]], list[str]]:
 
 def run_suite(suite: Suite, seeds: tuple[int, ...] | None = None, epochs: int | None = None,
               extra: list[str] | None = None, out: Path = TABLES_DIR, dry_run: bool = False, jobs: int = 1,
-              execute: Execute = run_cli) -> list[Path]:
+              execute: Execute = run_cli, test_best_val: bool = False) -> list[Path]:
     """Fit and test every variant once per seed (``jobs`` at a time), then compare them; returns the files
     written (none for a dry run)."""
     if jobs < 1:
@@ -268,6 +310,9 @@ def run_suite(suite: Suite, seeds: tuple[int, ...] | None = None, epochs: int | 
         for job in todo:
             print(shlex.join(job.fit))
             print(shlex.join(evaluation_command(job.run)))
+            if test_best_val:
+                print(f"# then: {shlex.join(evaluation_command(job.run, job.run.checkpoints))}/<the best-val "
+                      f"checkpoint that last.ckpt names>")
         print(shlex.join(compare_command(folders, out, suite.name, suite.baseline)))
         return []
     progress = Progress(suite, len(todo))
@@ -281,7 +326,7 @@ def run_suite(suite: Suite, seeds: tuple[int, ...] | None = None, epochs: int | 
         with slot_lock:
             slot = slots.pop()
         try:
-            run_job(job, execute, progress, jobs > 1, environments[slot], extra_fit)
+            run_job(job, execute, progress, jobs > 1, environments[slot], extra_fit, test_best_val)
         except BaseException:
             failed.set()
             raise
@@ -316,6 +361,9 @@ def parser() -> argparse.ArgumentParser:
                                                             "CPU cores")
     parser.add_argument("--dry-run", action="store_true", help="print the commands instead of running them")
     parser.add_argument("--epochs", type=int, help="trainer.max_epochs of every variant (default: the suite's)")
+    parser.add_argument("--test-best-val", action="store_true",
+                        help="also test each run's best-validation checkpoint (its own column; last.ckpt's "
+                             "test_acc stays the suite's result)")
     parser.add_argument("--configs", type=Path, default=CONFIGS_DIR, help="folder of the suites")
     parser.add_argument("--out", type=Path, default=TABLES_DIR,
                         help=f"folder for <suite>.md/.csv/.png (default: {TABLES_DIR}; 'results' for the "
@@ -327,4 +375,5 @@ def main(argv: list[str]) -> None:
     own, extra = split_fit_options(argv)
     args = parser().parse_args(own)
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
-    run_suite(load_suite(args.suite, args.configs), seeds, args.epochs, extra, args.out, args.dry_run, args.jobs)
+    run_suite(load_suite(args.suite, args.configs), seeds, args.epochs, extra, args.out, args.dry_run, args.jobs,
+              test_best_val=args.test_best_val)
