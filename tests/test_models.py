@@ -24,6 +24,10 @@ PARAMETERS = {
     "simple_cnn": 620_362,
     # the same without the 224 conv biases, plus BN 2*(32+64+128) = 448
     "simple_cnn_bn": 620_586,
+    # Linear 3,072*512+512 = 1,573,376, 512*256+256 = 131,328, 256*10+10 = 2,570
+    "mlp": 1_707_274,
+    # convs 3*6*25+6 = 456 and 6*16*25+16 = 2,416; FC 400*120+120 = 48,120, 120*84+84 = 10,164, 84*10+10 = 850
+    "lenet5": 62_006,
     # 3x3 convs with bias + BN per width; Linear(512, 10) = 5,130
     "vgg11": 9_231_114,
     "vgg13": 9_416_010,
@@ -242,6 +246,33 @@ def test_pooling_variants_keep_the_parameters_and_the_4x4_feature_map(name: str)
     assert [m.stride for m in create(name, pool="strided").modules() if isinstance(m, nn.Conv2d)] == [(2, 2)] * 3
     with pytest.raises(ConfigError, match="unknown pool 'min'; choose one of \\['max', 'avg', 'strided'\\]"):
         create(name, pool="min")
+
+
+# simple_cnn's convs 3->32->64->128 with k x k kernels and biases 224, plus its unchanged head 527,114
+@pytest.mark.parametrize(("kernel_size", "parameters"), [(1, 10_336 + 224 + 527_114), (5, 258_400 + 224 + 527_114),
+                                                         (7, 506_464 + 224 + 527_114)])
+def test_kernel_size_changes_only_the_conv_weights_and_keeps_the_4x4_feature_map(kernel_size: int,
+                                                                                parameters: int) -> None:
+    model = create("simple_cnn", kernel_size=kernel_size)
+    assert count_parameters(model) == parameters
+    assert model.features(torch.zeros(1, 3, 32, 32)).shape == (1, 128, 4, 4)
+    assert {m.kernel_size for m in model.modules() if isinstance(m, nn.Conv2d)} == {(kernel_size, kernel_size)}
+
+
+@pytest.mark.parametrize("kernel_size", [0, 2, -3])
+def test_an_even_or_non_positive_kernel_size_is_a_config_error(kernel_size: int) -> None:
+    with pytest.raises(ConfigError, match=f"kernel_size must be an odd number >= 1 .*got {kernel_size}"):
+        create("simple_cnn_bn", kernel_size=kernel_size)
+
+
+def test_mlp_takes_its_hidden_widths_and_refuses_impossible_ones() -> None:
+    model = create("mlp", hidden=[100])  # 3,072*100+100 + 100*10+10
+    assert count_parameters(model) == 307_300 + 1_010
+    assert [m.p for m in model.modules() if isinstance(m, nn.Dropout)] == [0.2]
+    with pytest.raises(ConfigError, match=r"mlp hidden widths must be >= 1, got \[0\]"):
+        create("mlp", hidden=[0])
+    with pytest.raises(ConfigError, match=r"mlp dropout must be in \[0, 1\), got 1.0"):
+        create("mlp", dropout=1.0)
 
 
 def test_vgg_dropout_drops_features_in_training_only_and_adds_no_parameters() -> None:

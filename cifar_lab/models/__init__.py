@@ -3,6 +3,8 @@
 from cifar_lab.models import (  # noqa: F401  (registers the backbones)
     airbench,
     densenet,
+    lenet,
+    mlp,
     mobilenet,
     resnet,
     resnet9,
