@@ -44,6 +44,8 @@ class ImageClassifier(L.LightningModule):
         lr_scheduler: factory ``optimizer -> scheduler``; ``T_max``/``total_steps`` default to the
             length of training in ``scheduler_interval`` units.
         scheduler_interval: step the schedule every ``epoch`` or every optimizer ``step``.
+        scheduler_monitor: the epoch metric ``ReduceLROnPlateau`` watches (``val/loss``, ``val/acc``,
+            ``train/loss_epoch``, ``train/acc``; its ``mode`` must match: ``max`` for accuracies).
         label_smoothing: cross-entropy label smoothing for training.
         mixup_alpha, cutmix_alpha: MixUp / CutMix of each training batch (``torchvision.transforms.v2``) with
             mixing ratios drawn from Beta(alpha, alpha); 0 turns one off, with both on a batch gets one of the two.
@@ -71,6 +73,7 @@ class ImageClassifier(L.LightningModule):
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Literal["epoch", "step"] = "epoch",
+        scheduler_monitor: str = "val/loss",
         label_smoothing: float = 0.0,
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
@@ -204,7 +207,8 @@ class ImageClassifier(L.LightningModule):
         interval = self.hparams.scheduler_interval
         length = self.trainer.estimated_stepping_batches if interval == "step" else self.trainer.max_epochs
         scheduler = build_scheduler(self.lr_scheduler, optimizer, int(length))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": interval, "monitor": hp.scheduler_monitor}}
 
 
 def load_classifier(ckpt_path: str | Path) -> ImageClassifier:

@@ -4,6 +4,9 @@ A schedule given in YAML as ``lr_scheduler: {class_path: ..., init_args: ...}`` 
 module as a factory ``optimizer -> scheduler``. Cosine and one-cycle schedules need the number
 of epochs or steps; if the config leaves ``T_max`` / ``total_steps`` out, the module fills it in
 from the Trainer, so the same recipe stays right when ``max_epochs`` or the batch size changes.
+``ReduceLROnPlateau`` steps on a metric the module logs once per epoch (``model.scheduler_monitor``),
+checked by ``check_schedule`` before training. (Schedules built from other schedules, such as
+``SequentialLR``, cannot be written as YAML values: the config parser refuses them, naming the argument.)
 """
 
 import functools
@@ -15,7 +18,33 @@ from typing import Any
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from cifar_lab.errors import ConfigError
+
 LENGTH_ARGUMENTS = ("T_max", "total_steps")
+# Metrics the module logs once per epoch, which ReduceLROnPlateau can watch; "max" for accuracies.
+PLATEAU_MONITORS = {"val/loss": "min", "val/acc": "max", "train/loss_epoch": "min", "train/acc": "max"}
+
+
+def check_schedule(class_path: str, init_args: dict[str, Any], monitor: str, interval: str,
+                   validates: bool) -> None:
+    """Refuse, before training, a ReduceLROnPlateau that Lightning would reject only once it steps, or that
+    would lower the learning rate while its metric improves."""
+    name = class_path.rpartition(".")[2]
+    if name != "ReduceLROnPlateau":
+        return
+    if monitor not in PLATEAU_MONITORS:
+        raise ConfigError(f"model.scheduler_monitor {monitor!r} is not logged once per epoch; ReduceLROnPlateau can "
+                          f"watch one of {sorted(PLATEAU_MONITORS)}")
+    if monitor.startswith("val/") and not validates:
+        raise ConfigError(f"ReduceLROnPlateau watches {monitor}, but this run has no validation (data.val_size 0 or "
+                          f"trainer.limit_val_batches 0); set --model.scheduler_monitor train/loss_epoch")
+    mode = init_args.get("mode", "min")
+    if mode != PLATEAU_MONITORS[monitor]:
+        raise ConfigError(f"ReduceLROnPlateau on {monitor} needs mode: {PLATEAU_MONITORS[monitor]} (got {mode!r}), "
+                          f"or it lowers the learning rate while {monitor} improves")
+    if interval != "epoch":
+        raise ConfigError("ReduceLROnPlateau steps once per epoch, on an epoch's metric: set "
+                          "model.scheduler_interval: epoch")
 
 
 class WarmupCosineLR(LambdaLR):

@@ -16,6 +16,9 @@ from cifar_lab.module import ImageClassifier
 from tests.helpers import cli_error_line, write_batches, write_npz
 
 
+PLATEAU = ["--model.lr_scheduler", '{"class_path": "torch.optim.lr_scheduler.ReduceLROnPlateau"}']
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
@@ -31,6 +34,18 @@ from tests.helpers import cli_error_line, write_batches, write_npz
                      id="val-size-too-large"),
         pytest.param(["--data.train_fraction", "1.5"], "train_fraction must be in (0, 1]", id="train-fraction-above-1"),
         pytest.param(["--data.train_fraction", "0"], "train_fraction must be in (0, 1]", id="train-fraction-0"),
+        pytest.param([*PLATEAU, "--model.scheduler_monitor", "val/top1"],
+                     "model.scheduler_monitor 'val/top1' is not logged once per epoch; ReduceLROnPlateau can watch "
+                     "one of ['train/acc', 'train/loss_epoch', 'val/acc', 'val/loss']", id="plateau-monitor-not-logged"),
+        pytest.param([*PLATEAU, "--model.scheduler_monitor", "val/acc"],
+                     "ReduceLROnPlateau on val/acc needs mode: max (got 'min')", id="plateau-mode-against-monitor"),
+        pytest.param([*PLATEAU, "--trainer.limit_val_batches", "0"],
+                     "ReduceLROnPlateau watches val/loss, but this run has no validation", id="plateau-without-val"),
+        pytest.param([*PLATEAU, "--model.scheduler_interval", "step"],
+                     "ReduceLROnPlateau steps once per epoch", id="plateau-per-step"),
+        pytest.param(["--model.lr_scheduler", '{"class_path": "torch.optim.lr_scheduler.SequentialLR", '
+                      '"init_args": {"milestones": [1]}}'], "the following arguments are required: schedulers",
+                     id="schedule-of-schedules"),
         pytest.param(["--data.augment", "fancy"], "unknown augment preset 'fancy'; choose one of",
                      id="unknown-augment"),
         pytest.param(["--trainer.precision", "16-mixed"], "trainer.precision=16-mixed needs a GPU", id="fp16-on-cpu"),

@@ -13,6 +13,7 @@ from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.utilities import rank_zero_warn
 
 from cifar_lab.errors import ConfigError
+from cifar_lab.schedules import check_schedule
 
 
 def check_fit_config(config: Namespace) -> None:
@@ -24,6 +25,11 @@ def check_fit_config(config: Namespace) -> None:
     lr = init_args.get("lr") if init_args is not None else None
     if isinstance(lr, (int, float)) and lr <= 0:
         raise ConfigError(f"model.optimizer.init_args.lr must be > 0, got {lr}")
+    schedule = config.model.lr_scheduler
+    if schedule is not None and getattr(schedule, "class_path", None):
+        validates = config.data.val_size != 0 and config.trainer.limit_val_batches != 0
+        check_schedule(schedule.class_path, dict(schedule.get("init_args") or {}), config.model.scheduler_monitor,
+                       config.model.scheduler_interval, validates)
 
 
 def cpu_has_bf16() -> bool:
