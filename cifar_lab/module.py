@@ -110,6 +110,7 @@ class ImageClassifier(L.LightningModule):
         if compile_mode is not None:
             self.backbone.compile(mode=compile_mode)  # in place: state_dict keys stay the same
         self.example_input_array = torch.zeros(2, 3, 32, 32)  # for the model summary and TensorBoard's graph
+        self.input_normalization = "dataset"  # the data's normalize, for inference tools (load_classifier sets it)
 
     def forward(self, images: Tensor) -> Tensor:
         if self.hparams.channels_last:
@@ -212,7 +213,8 @@ class ImageClassifier(L.LightningModule):
 
 
 def load_classifier(ckpt_path: str | Path) -> ImageClassifier:
-    """A checkpoint's model in eval mode on the CPU, for inference (``export``, ``visualize``).
+    """A checkpoint's model in eval mode on the CPU, for inference (``export``, ``visualize``), with
+    ``input_normalization``: the ``data.normalize`` it was trained with (``dataset`` for checkpoints older than it).
 
     The file is read by ``load_checkpoint_file`` (``weights_only=True``), as ``test`` and ``predict`` read it
     through the CLI's checkpoint IO; keys that LightningCLI adds for its own re-instantiation start with ``_``.
@@ -222,4 +224,5 @@ def load_classifier(ckpt_path: str | Path) -> ImageClassifier:
     model = ImageClassifier(**{key: value for key, value in saved.items() if not key.startswith("_")})
     model.on_load_checkpoint(checkpoint)
     model.load_state_dict(checkpoint["state_dict"])
+    model.input_normalization = (checkpoint.get("datamodule_hyper_parameters") or {}).get("normalize", "dataset")
     return model.eval()

@@ -15,6 +15,7 @@ from cifar_lab.data.augment import (
     batch_mix,
     build_transform,
 )
+from cifar_lab.reporting.plots import denormalize
 from cifar_lab.errors import ConfigError
 from tests.helpers import make_images
 
@@ -23,6 +24,25 @@ IMAGE = tv_tensors.Image(torch.from_numpy(make_images(1, seed=3)[0][0]).permute(
 MEAN, STD = torch.tensor(CIFAR10_MEAN).view(3, 1, 1), torch.tensor(CIFAR10_STD).view(3, 1, 1)
 # Where black and white pixels land after normalisation, per channel.
 LOWEST, HIGHEST = (0 - MEAN) / STD, (1 - MEAN) / STD
+
+
+@pytest.mark.parametrize(("normalize", "black", "white"), [
+    ("dataset", LOWEST, HIGHEST),
+    ("half", torch.full((3, 1, 1), -1.0), torch.full((3, 1, 1), 1.0)),
+    ("none", torch.zeros(3, 1, 1), torch.ones(3, 1, 1)),
+])
+def test_each_normalize_choice_maps_black_and_white_where_it_says_and_figures_undo_it(
+        normalize: str, black: torch.Tensor, white: torch.Tensor) -> None:
+    extremes = tv_tensors.Image(torch.tensor([0, 255], dtype=torch.uint8).view(1, 1, 2).expand(3, 1, 2).contiguous())
+    normalised = build_transform("none", train=False, normalization=normalize)(extremes)
+    torch.testing.assert_close(normalised[:, :, :1], black)
+    torch.testing.assert_close(normalised[:, :, 1:], white)
+    torch.testing.assert_close(denormalize(normalised[None], normalize)[0], extremes.float() / 255)
+
+
+def test_an_unknown_normalize_choice_is_a_config_error_listing_the_choices() -> None:
+    with pytest.raises(ConfigError, match=r"unknown normalize 'imagenet'; choose one of \['dataset', 'half', 'none'\]"):
+        build_transform("none", train=False, normalization="imagenet")
 
 
 def seeded(transform, seed: int) -> torch.Tensor:

@@ -46,6 +46,7 @@ PLATEAU = ["--model.lr_scheduler", '{"class_path": "torch.optim.lr_scheduler.Red
         pytest.param(["--model.lr_scheduler", '{"class_path": "torch.optim.lr_scheduler.SequentialLR", '
                       '"init_args": {"milestones": [1]}}'], "the following arguments are required: schedulers",
                      id="schedule-of-schedules"),
+        pytest.param(["--data.normalize", "imagenet"], 'Parser key "data.normalize"', id="unknown-normalize"),
         pytest.param(["--data.augment", "fancy"], "unknown augment preset 'fancy'; choose one of",
                      id="unknown-augment"),
         pytest.param(["--trainer.precision", "16-mixed"], "trainer.precision=16-mixed needs a GPU", id="fp16-on-cpu"),

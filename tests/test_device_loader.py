@@ -115,8 +115,10 @@ def test_cutout_zeroes_one_square_per_image() -> None:
     assert ((out == 0) | (out == 1)).all()
 
 
-def test_eval_batches_equal_the_dataloader_path(npz_dir: Path) -> None:
-    options = {"data_dir": str(npz_dir), "download": False, "val_size": 50, "batch_size": 16, "num_workers": 0}
+@pytest.mark.parametrize("normalize", ["dataset", "half", "none"])
+def test_eval_batches_equal_the_dataloader_path(npz_dir: Path, normalize: str) -> None:
+    options = {"data_dir": str(npz_dir), "download": False, "val_size": 50, "batch_size": 16, "num_workers": 0,
+               "normalize": normalize}
     device_dm = CIFAR10DataModule(**options, loader="device")
     torch_dm = CIFAR10DataModule(**options)
     for dm in (device_dm, torch_dm):

@@ -16,10 +16,10 @@ from cifar_lab.tools.export import export, parser
 from tests.helpers import cifar_lab, one_line_error
 
 
-def pytorch_logits(checkpoint: Path, images: torch.Tensor) -> np.ndarray:
+def pytorch_logits(checkpoint: Path, images: torch.Tensor, normalization: str = "dataset") -> np.ndarray:
     """The checkpoint's logits for [0, 1] images normalised as in training: the reference."""
     model = ImageClassifier.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True).eval()
-    normalise = build_transform("standard", train=False)
+    normalise = build_transform("standard", train=False, normalization=normalization)
     with torch.no_grad():
         return model(normalise(images)).numpy()
 
@@ -70,6 +70,19 @@ def test_pt2_export_through_main_matches_pytorch_at_another_batch_size(
     report = capsys.readouterr().out
     assert "on 60 cifar10-test images" in report
     assert any(line.startswith("| pt2 ") for line in report.splitlines())  # its size and latency row
+
+
+def test_export_builds_in_the_normalisation_the_checkpoint_was_trained_with(
+        checkpoint: Path, npz_dir: Path, tmp_path: Path, test_images: torch.Tensor) -> None:
+    saved = torch.load(checkpoint, weights_only=True)
+    saved["datamodule_hyper_parameters"]["normalize"] = "half"  # as if trained with --data.normalize half
+    torch.save(saved, tmp_path / "half.ckpt")
+    out = tmp_path / "model.pt2"
+    export(str(tmp_path / "half.ckpt"), str(out), format="pt2", data_dir=str(npz_dir), timing_runs=1)
+    with torch.no_grad():
+        logits = torch.export.load(out).module()(test_images).numpy()
+    assert np.abs(logits - pytorch_logits(checkpoint, test_images, "half")).max() < 1e-4
+    assert np.abs(logits - pytorch_logits(checkpoint, test_images, "dataset")).max() > 1e-2
 
 
 def test_torchscript_export_still_matches_pytorch_and_warns_it_is_deprecated(

@@ -91,7 +91,8 @@ class FigureLogger(Callback):
             figures["per_class_accuracy"] = per_class_accuracy_figure(confmat.diagonal(), names)
         if self.samples:
             images, targets, preds = (torch.cat(parts) for parts in zip(*self.samples))
-            figures["predictions"] = prediction_grid_figure(denormalize(images), targets, preds, names)
+            shown = denormalize(images, trainer.datamodule.hparams.normalize)
+            figures["predictions"] = prediction_grid_figure(shown, targets, preds, names)
         for logger in tensorboard_loggers(trainer):
             for name, figure in figures.items():
                 logger.experiment.add_figure(f"{stage}/{name}", figure, global_step=step, close=False)

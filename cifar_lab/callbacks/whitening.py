@@ -24,8 +24,9 @@ class PatchWhitening(L.Callback):
                               f"remove PatchWhitening from trainer.callbacks")
         if trainer.ckpt_path:  # resuming: the checkpoint already holds the whitening weights
             return
-        images = trainer.datamodule.datasets["train"].images[: self.num_images]
-        backbone.init_whitening(normalize(images).to(pl_module.device))
+        datamodule = trainer.datamodule
+        images = datamodule.datasets["train"].images[: self.num_images]
+        backbone.init_whitening(normalize(images, datamodule.hparams.normalize).to(pl_module.device))
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.bias_epochs is not None:

@@ -2,7 +2,7 @@
 normalisation, and MixUp/CutMix of whole training batches.
 
 Presets apply to the training split only; every split ends with the same uint8 -> float
-conversion and CIFAR-10 normalisation, so val/test see exactly what the model expects.
+conversion and normalisation (``data.normalize``), so val/test see exactly what the model expects.
 """
 
 from collections.abc import Callable, Sequence
@@ -18,6 +18,14 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 Erasing = Literal["cutout", "random_erasing"]
+Normalization = Literal["dataset", "half", "none"]
+# (mean, std) per channel of each ``data.normalize`` choice: the CIFAR-10 training set's statistics (pixels
+# centred per channel); 0.5 and 0.5, which puts pixels in [-1, 1] as many tutorials do; none: pixels in [0, 1].
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "dataset": (CIFAR10_MEAN, CIFAR10_STD),
+    "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+}
 
 
 def crop_flip() -> list[v2.Transform]:
@@ -44,12 +52,20 @@ ERASING: dict[str, Callable[[], v2.Transform]] = {
 }
 
 
-def normalize() -> list[v2.Transform]:
+def normalization_stats(normalization: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) of a ``data.normalize`` choice; an unknown one is a ``ConfigError`` listing the choices."""
+    if normalization not in NORMALIZATIONS:
+        raise ConfigError(f"unknown normalize {normalization!r}; choose one of {sorted(NORMALIZATIONS)}")
+    return NORMALIZATIONS[normalization]
+
+
+def normalize(normalization: str = "dataset") -> list[v2.Transform]:
     """uint8 image -> normalised float32, the last step for every split."""
-    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(CIFAR10_MEAN, CIFAR10_STD)]
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(*normalization_stats(normalization))]
 
 
-def build_transform(augment: str | Sequence[v2.Transform], train: bool, erasing: Erasing | None = None) -> v2.Compose:
+def build_transform(augment: str | Sequence[v2.Transform], train: bool, erasing: Erasing | None = None,
+                    normalization: str = "dataset") -> v2.Compose:
     """The preset's (or the given list's) augmentation and erasing (training only) around normalisation."""
     if isinstance(augment, str) and augment not in PRESETS:
         raise ConfigError(f"unknown augment preset {augment!r}; choose one of {sorted(PRESETS)} "
@@ -57,9 +73,9 @@ def build_transform(augment: str | Sequence[v2.Transform], train: bool, erasing:
     if erasing is not None and erasing not in ERASING:
         raise ConfigError(f"unknown erasing {erasing!r}; choose one of {sorted(ERASING)} or null")
     if not train:
-        return v2.Compose(normalize())
+        return v2.Compose(normalize(normalization))
     transforms = PRESETS[augment]() if isinstance(augment, str) else list(augment)
-    return v2.Compose([*transforms, *normalize(), *([ERASING[erasing]()] if erasing else [])])
+    return v2.Compose([*transforms, *normalize(normalization), *([ERASING[erasing]()] if erasing else [])])
 
 
 def batch_mix(num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,

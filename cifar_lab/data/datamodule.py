@@ -13,7 +13,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from cifar_lab.data import sources
-from cifar_lab.data.augment import Erasing, build_transform
+from cifar_lab.data.augment import Erasing, Normalization, build_transform
 from cifar_lab.data.device_loader import NO_AUGMENT, BatchAugment, DeviceLoader
 from cifar_lab.data.image_files import load_images
 from cifar_lab.errors import ConfigError
@@ -76,6 +76,10 @@ class CIFAR10DataModule(L.LightningDataModule):
             ``torchvision.transforms.v2`` transforms of uint8 images (``class_path``/``init_args`` in YAML).
         erasing: ``cutout`` (a 16x16 square of the mean colour) or ``random_erasing`` on the normalised
             training images, after ``augment``; DataLoader path only (the device loader has ``batch_augment.cutout``).
+        normalize: how pixels are scaled for the model, in every split and loader: ``dataset`` (the CIFAR-10
+            training set's per-channel mean and std), ``half`` (mean 0.5, std 0.5: pixels in [-1, 1], as many
+            tutorials do) or ``none`` (pixels in [0, 1]). Saved with the run, so test, predict, export and the
+            figures undo or repeat the same scaling.
         loader: ``dataloader`` (torchvision transforms per image in worker processes) or ``device``
             (each split held on the training device, augmented a batch at a time: much faster).
         batch_augment: the device loader's augmentation; null means the ``augment`` preset's.
@@ -101,6 +105,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         train_fraction: float = 1.0,
         augment: str | list[v2.Transform] = "standard",
         erasing: Erasing | None = None,
+        normalize: Normalization = "dataset",
         loader: Literal["dataloader", "device"] = "dataloader",
         batch_augment: BatchAugment | None = None,
         eval_batch_size: int | None = None,
@@ -121,8 +126,8 @@ class CIFAR10DataModule(L.LightningDataModule):
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.save_hyperparameters(ignore=["channels_last"])  # deprecated; the model's hparam of that name rules
         self.data_dir = Path(data_dir if data_dir is not None else default_data_dir()).expanduser()
-        self.train_transform = build_transform(augment, train=True, erasing=erasing)
-        self.eval_transform = build_transform(augment, train=False)
+        self.train_transform = build_transform(augment, train=True, erasing=erasing, normalization=normalize)
+        self.eval_transform = build_transform(augment, train=False, normalization=normalize)
         self.batch_augment = self._batch_augment(augment, erasing, batch_augment) if loader == "device" else NO_AUGMENT
         self.datasets: dict[str, ImageArrayDataset] = {}
         self.on_device: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -211,6 +216,7 @@ class CIFAR10DataModule(L.LightningDataModule):
             rank=trainer.global_rank if trainer else 0,
             world_size=trainer.world_size if trainer else 1,
             dtype=DTYPES[self.hparams.dtype],
+            normalization=self.hparams.normalize,
         )
 
     def train_dataloader(self) -> DataLoader | DeviceLoader:

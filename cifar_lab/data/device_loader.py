@@ -18,7 +18,7 @@ from torch import Tensor
 from torch.utils.data import DistributedSampler
 from torchvision.transforms.v2 import functional as TF
 
-from cifar_lab.data.augment import CIFAR10_MEAN, CIFAR10_STD
+from cifar_lab.data.augment import normalization_stats
 
 
 @dataclass(frozen=True)
@@ -65,9 +65,10 @@ def cutout(images: Tensor, size: int, generator: torch.Generator) -> Tensor:
     return images.masked_fill(rows[:, None, :, None] & cols[:, None, None, :], 0.0)
 
 
-def normalize(images: Tensor) -> Tensor:
+def normalize(images: Tensor, normalization: str = "dataset") -> Tensor:
     """uint8 -> normalised float32 with torchvision's ops, exactly as the per-image pipeline does."""
-    return TF.normalize(TF.to_dtype(images, torch.float32, scale=True), list(CIFAR10_MEAN), list(CIFAR10_STD))
+    mean, std = normalization_stats(normalization)
+    return TF.normalize(TF.to_dtype(images, torch.float32, scale=True), list(mean), list(std))
 
 
 class DeviceLoader:
@@ -82,6 +83,7 @@ class DeviceLoader:
         seed: base seed of the order and the augmentation (epoch ``e`` uses ``seed + e``).
         rank, world_size: this process's shard under DDP.
         dtype: dtype of the image batches.
+        normalization: a ``data.normalize`` choice (``cifar_lab.data.augment.NORMALIZATIONS``).
     """
 
     batch_sampler = None  # like a DataLoader's: Lightning reads ``sampler`` and ``batch_sampler``
@@ -98,8 +100,10 @@ class DeviceLoader:
         rank: int = 0,
         world_size: int = 1,
         dtype: torch.dtype = torch.float32,
+        normalization: str = "dataset",
     ) -> None:
         self.images, self.labels = images, labels
+        self.normalization = normalization
         self.batch_size, self.augment, self.drop_last = batch_size, augment, drop_last
         self.dtype = dtype
         # Only its order is used, so a range stands in for the dataset; Lightning calls its set_epoch.
@@ -124,7 +128,7 @@ class DeviceLoader:
                 flip = self.flip_parity[indices] ^ bool(self.sampler.epoch % 2)
             flip = flip.to(images.device)[:, None, None, None]
             images = torch.where(flip, images.flip(-1), images)
-        images = normalize(images)
+        images = normalize(images, self.normalization)
         if aug.cutout:
             images = cutout(images, aug.cutout, generator)
         return images

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torchmetrics.utilities.plot import plot_confusion_matrix
 from torchvision.utils import make_grid
 
-from cifar_lab.data.augment import CIFAR10_MEAN, CIFAR10_STD
+from cifar_lab.data.augment import normalization_stats
 from cifar_lab.reporting.statistics import spread
 
 if TYPE_CHECKING:
@@ -25,10 +25,9 @@ if TYPE_CHECKING:
 CORRECT, WRONG = "tab:green", "tab:red"
 
 
-def denormalize(images: Tensor) -> Tensor:
-    """Undo the CIFAR-10 normalisation: float ``[N,3,H,W]`` in [0, 1], ready to show."""
-    mean = torch.tensor(CIFAR10_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(CIFAR10_STD, device=images.device).view(1, 3, 1, 1)
+def denormalize(images: Tensor, normalization: str = "dataset") -> Tensor:
+    """Undo a ``data.normalize`` choice: float ``[N,3,H,W]`` in [0, 1], ready to show."""
+    mean, std = (torch.tensor(stats, device=images.device).view(1, 3, 1, 1) for stats in normalization_stats(normalization))
     return (images * std + mean).clamp(0, 1)
 
 

@@ -23,7 +23,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from torch import Tensor, nn
 
 from cifar_lab.data import sources
-from cifar_lab.data.augment import CIFAR10_MEAN, CIFAR10_STD
+from cifar_lab.data.augment import normalization_stats
 from cifar_lab.data.datamodule import default_data_dir
 from cifar_lab.errors import ConfigError, ExportMismatchError
 from cifar_lab.module import load_classifier
@@ -35,13 +35,15 @@ Runner = Callable[[np.ndarray], np.ndarray]  # float32 [N,3,32,32] in [0,1] -> l
 
 
 class Normalized(nn.Module):
-    """``net`` behind CIFAR-10 normalisation, so callers feed plain ``[0, 1]`` RGB."""
+    """``net`` behind the normalisation it was trained with (``data.normalize``), so callers feed plain
+    ``[0, 1]`` RGB."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: nn.Module, normalization: str = "dataset") -> None:
         super().__init__()
         self.net = net
-        self.register_buffer("mean", torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(CIFAR10_STD).view(1, 3, 1, 1))
+        mean, std = normalization_stats(normalization)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
 
     def forward(self, images: Tensor) -> Tensor:
         return self.net((images - self.mean) / self.std)
@@ -211,7 +213,8 @@ def export_and_check(ckpt_path: str, out: str, format: str, quantize: str, data_
     test_images = as_model_input(arrays.test_images[:eval_images])
     test_labels = arrays.test_labels[:eval_images]
 
-    model = Normalized(load_classifier(ckpt_path).backbone).eval()
+    classifier = load_classifier(ckpt_path)
+    model = Normalized(classifier.backbone, classifier.input_normalization).eval()
     reference = torch_runner(model)
     target = Path(out)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -77,9 +77,9 @@ def grad_cam(model: nn.Module, layer: nn.Module, images: Tensor, classes: Tensor
     return cam / cam.amax(dim=(1, 2), keepdim=True).clamp_min(1e-8)
 
 
-def first_test_images(data_dir: str | None, count: int) -> tuple[Tensor, Tensor]:
+def first_test_images(data_dir: str | None, count: int, normalization: str) -> tuple[Tensor, Tensor]:
     """The first ``count`` test images, normalised as the model saw them, and their labels."""
-    data = CIFAR10DataModule(data_dir=data_dir, download=False, val_size=0)
+    data = CIFAR10DataModule(data_dir=data_dir, download=False, val_size=0, normalize=normalization)
     data.setup("test")
     test = data.datasets["test"]
     items = [test[i] for i in range(min(count, len(test)))]
@@ -90,8 +90,8 @@ def visualize(ckpt_path: Path, out: Path, count: int = 8, layer_names: list[str]
               cam_layer: str | None = None, data_dir: str | None = None) -> list[Path]:
     """Write the four kinds of picture for ``count`` test images; returns the files written."""
     model = load_classifier(ckpt_path)
-    images, targets = first_test_images(data_dir, count)
-    shown, names = denormalize(images), model.class_names
+    images, targets = first_test_images(data_dir, count, model.input_normalization)
+    shown, names = denormalize(images, model.input_normalization), model.class_names
     out.mkdir(parents=True, exist_ok=True)
     written = []
 
