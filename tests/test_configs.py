@@ -122,6 +122,7 @@ def test_the_issues_experiment_suites_are_found() -> None:
         "architecture": ["mobilenet_v2", "resnet18", "simple_cnn", "vgg11"],
         "augmentation": ["autoaugment", "color", "cutmix", "cutout", "mixup", "none", "standard"],
         "batchnorm": ["simple_cnn", "simple_cnn_bn"],
+        "mlp_vs_cnn": ["course_cnn", "lenet5", "mlp"],
         "optimizer": ["adam", "adamw", "sgd"],
         "pooling": ["avg", "max", "strided"],
     }

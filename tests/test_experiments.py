@@ -56,7 +56,7 @@ def test_dry_run_prints_every_command_per_variant_and_seed_and_runs_nothing(
 
 
 def test_every_suite_names_its_seeds_and_a_baseline_that_is_one_of_its_variants() -> None:
-    for name in ("batchnorm", "augmentation", "optimizer", "pooling", "architecture"):
+    for name in ("batchnorm", "augmentation", "optimizer", "pooling", "architecture", "mlp_vs_cnn"):
         suite = load_suite(name, EXPERIMENTS)
         assert suite.seeds == (0, 1, 2) and suite.baseline in suite.variants, name
         assert "suite" not in suite.variants  # suite.yaml is read by experiment, never fitted
