@@ -9,6 +9,7 @@ from torchvision.ops import SqueezeExcitation
 
 from cifar_lab.errors import ConfigError, UnknownBackboneError, WeightsNotFoundError
 from cifar_lab.models import available, create
+from cifar_lab.models.resnet import BasicBlock
 from cifar_lab.models.torchvision import replace_stem
 from cifar_lab.tools import models as summary
 
@@ -273,6 +274,30 @@ def test_mlp_takes_its_hidden_widths_and_refuses_impossible_ones() -> None:
         create("mlp", hidden=[0])
     with pytest.raises(ConfigError, match=r"mlp dropout must be in \[0, 1\), got 1.0"):
         create("mlp", dropout=1.0)
+
+
+# resnet18's projections: 1x1 convs 64->128, 128->256, 256->512 (8,192 + 32,768 + 131,072) and their BNs 2*896
+@pytest.mark.parametrize(("name", "projections"), [("resnet18", 172_032 + 1_792), ("se_resnet18", 172_032 + 1_792),
+                                                   ("preact_resnet18", 172_032), ("resnet_stages", 0)])
+def test_shortcut_false_keeps_every_layer_but_the_projections(name: str, projections: int) -> None:
+    plain = create(name, shortcut=False)
+    assert count_parameters(plain) == PARAMETERS[name] - projections
+    assert plain(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_a_block_without_its_shortcut_is_its_residual_branch_alone() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 8, 8)
+    residual, plain = BasicBlock(16, 16).eval(), BasicBlock(16, 16, shortcut=False).eval()
+    plain.load_state_dict(residual.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(residual(x), torch.relu(residual.residual(x) + x))
+        torch.testing.assert_close(plain(x), torch.relu(residual.residual(x)))
+
+
+def test_zero_init_residual_without_shortcuts_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="with shortcut: false it would start the network at zero"):
+        create("resnet18", shortcut=False, zero_init_residual=True)
 
 
 def test_vgg_dropout_drops_features_in_training_only_and_adds_no_parameters() -> None:

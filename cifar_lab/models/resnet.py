@@ -3,7 +3,9 @@
 CIFAR stem: one 3x3 stride-1 convolution and no max-pool, so the 4 stages see 32/16/8/4 pixels.
 Shortcuts are 1x1 projections (conv + BN) where the shape changes. The same ``ResNet`` builds
 the BasicBlock (18/34), Bottleneck (50/101) and pre-activation variants; ``StagedResNet`` is the
-smaller "ResNet-inspired" net taught in CNN courses, made of the same BasicBlock.
+smaller "ResNet-inspired" net taught in CNN courses, made of the same BasicBlock. ``shortcut=False``
+builds the plain twin of any of them (the same layers without the additions and the projections), the
+network of the degradation experiment that motivated residual learning (He et al. 2016).
 """
 
 from collections.abc import Sequence
@@ -11,6 +13,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 from torchvision.ops import Conv2dNormActivation
 
+from cifar_lab.errors import ConfigError
 from cifar_lab.models.initialization import kaiming_init_
 from cifar_lab.models.registry import register
 
@@ -19,8 +22,10 @@ def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False)
 
 
-def projection(in_planes: int, out_planes: int, stride: int) -> nn.Module:
-    """Identity when shapes match, else a 1x1 conv + BN (torchvision's ``downsample``)."""
+def projection(in_planes: int, out_planes: int, stride: int, shortcut: bool = True) -> nn.Module | None:
+    """Identity when shapes match, else a 1x1 conv + BN (torchvision's ``downsample``); None for a plain block."""
+    if not shortcut:
+        return None
     if stride == 1 and in_planes == out_planes:
         return nn.Identity()
     return nn.Sequential(nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False), nn.BatchNorm2d(out_planes))
@@ -32,20 +37,21 @@ class BasicBlock(nn.Module):
     expansion = 1
     pre_activation = False
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: bool = True) -> None:
         super().__init__()
         self.conv1 = conv3x3(in_planes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
-        self.shortcut = projection(in_planes, planes * self.expansion, stride)
+        self.shortcut = projection(in_planes, planes * self.expansion, stride, shortcut)
 
     def residual(self, x: Tensor) -> Tensor:
         return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.relu(self.residual(x) + self.shortcut(x))
+        out = self.residual(x)
+        return self.relu(out if self.shortcut is None else out + self.shortcut(x))
 
 
 class Bottleneck(nn.Module):
@@ -54,7 +60,7 @@ class Bottleneck(nn.Module):
     expansion = 4
     pre_activation = False
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: bool = True) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -63,13 +69,13 @@ class Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
-        self.shortcut = projection(in_planes, planes * self.expansion, stride)
+        self.shortcut = projection(in_planes, planes * self.expansion, stride, shortcut)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.relu(out + self.shortcut(x))
+        return self.relu(out if self.shortcut is None else out + self.shortcut(x))
 
 
 class PreActBlock(nn.Module):
@@ -81,14 +87,15 @@ class PreActBlock(nn.Module):
     expansion = 1
     pre_activation = True
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: bool = True) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.conv1 = conv3x3(in_planes, planes, stride)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv2 = conv3x3(planes, planes)
         self.relu = nn.ReLU(inplace=True)
-        needs_projection = stride != 1 or in_planes != planes
+        self.has_shortcut = shortcut
+        needs_projection = shortcut and (stride != 1 or in_planes != planes)
         self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False) if needs_projection else None
 
     def forward(self, x: Tensor) -> Tensor:
@@ -96,7 +103,7 @@ class PreActBlock(nn.Module):
         shortcut = x if self.shortcut is None else self.shortcut(out)
         out = self.conv1(out)
         out = self.conv2(self.relu(self.bn2(out)))
-        return out + shortcut
+        return out + shortcut if self.has_shortcut else out
 
 
 Block = type[BasicBlock] | type[Bottleneck] | type[PreActBlock]
@@ -111,9 +118,12 @@ class ResNet(nn.Module):
     """
 
     def __init__(self, block: Block, layers: Sequence[int], num_classes: int = 10,
-                 zero_init_residual: bool = False) -> None:
+                 zero_init_residual: bool = False, shortcut: bool = True) -> None:
         super().__init__()
-        self.in_planes = 64
+        if zero_init_residual and not shortcut:
+            raise ConfigError("zero_init_residual starts each block as the identity through its shortcut; with "
+                              "shortcut: false it would start the network at zero: drop one of the two")
+        self.in_planes, self.with_shortcuts = 64, shortcut
         stem_norm = [] if block.pre_activation else [nn.BatchNorm2d(64), nn.ReLU(inplace=True)]
         self.stem = nn.Sequential(conv3x3(3, 64), *stem_norm)
         self.layer1 = self._make_layer(block, 64, layers[0], stride=1)
@@ -139,7 +149,7 @@ class ResNet(nn.Module):
         strides = [stride] + [1] * (blocks - 1)
         layers = []
         for s in strides:
-            layers.append(block(self.in_planes, planes, s))
+            layers.append(block(self.in_planes, planes, s, shortcut=self.with_shortcuts))
             self.in_planes = planes * block.expansion
         return nn.Sequential(*layers)
 
@@ -154,17 +164,17 @@ class StagedResNet(nn.Module):
 
     A ConvBlock (conv3x3-BN-ReLU), then per stage: 2x2 max-pool (from the second stage on), a
     ConvBlock to the stage width and ``blocks`` identity-shortcut residual blocks; global average
-    pooling, dropout and a linear classifier.
+    pooling, dropout and a linear classifier. ``shortcut=False``: the same blocks without their additions.
     """
 
     def __init__(self, num_classes: int = 10, widths: Sequence[int] = (32, 64, 128, 256), blocks: int = 1,
-                 dropout: float = 0.2) -> None:
+                 dropout: float = 0.2, shortcut: bool = True) -> None:
         super().__init__()
         stages: list[nn.Module] = [Conv2dNormActivation(3, widths[0], 3)]
         in_channels = widths[0]
         for index, width in enumerate(widths):
             downsample = [nn.MaxPool2d(2)] if index > 0 else []
-            residual = [BasicBlock(width, width) for _ in range(blocks)]
+            residual = [BasicBlock(width, width, shortcut=shortcut) for _ in range(blocks)]
             stages.append(nn.Sequential(*downsample, Conv2dNormActivation(in_channels, width, 3), *residual))
             in_channels = width
         self.features = nn.Sequential(*stages)

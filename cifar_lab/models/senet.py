@@ -10,8 +10,9 @@ from cifar_lab.models.resnet import BasicBlock, ResNet
 class SEBasicBlock(BasicBlock):
     """BasicBlock with SE (global pool, FC to planes/reduction, ReLU, FC back, sigmoid) before the addition."""
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1, reduction: int = 16) -> None:
-        super().__init__(in_planes, planes, stride)
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: bool = True,
+                 reduction: int = 16) -> None:
+        super().__init__(in_planes, planes, stride, shortcut)
         self.se = SqueezeExcitation(planes, planes // reduction)
 
     def residual(self, x: Tensor) -> Tensor:
