@@ -12,17 +12,16 @@ NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
 def parameter_groups(module: nn.Module, norm_lr_scale: float = 1.0, no_decay_norm_bias: bool = False) -> list[dict]:
-    """Split trainable parameters into normalisation, bias and weight groups.
+    """Split the parameters into normalisation, bias and weight groups.
 
     ``norm_lr_scale`` multiplies the normalisation parameters' learning rate and divides their
     weight decay, keeping the decay per step unchanged; ``no_decay_norm_bias`` turns weight decay
-    off for normalisation parameters and all biases.
+    off for normalisation parameters and all biases. Frozen parameters are included: the optimizer
+    skips them while they get no gradient, and steps them once a fine-tuning callback unfreezes them.
     """
     norm_ids = {id(p) for m in module.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(recurse=False)}
     groups: dict[str, list[nn.Parameter]] = {"norm": [], "bias": [], "weight": []}
     for name, param in module.named_parameters():
-        if not param.requires_grad:
-            continue
         kind = "norm" if id(param) in norm_ids else "bias" if param.ndim <= 1 else "weight"
         groups[kind].append(param)
     decay = 0.0 if no_decay_norm_bias else 1.0

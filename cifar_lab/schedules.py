@@ -21,6 +21,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from cifar_lab.errors import ConfigError
 
 LENGTH_ARGUMENTS = ("T_max", "total_steps")
+ABSOLUTE_RATE_ARGUMENTS = ("max_lr", "base_lr")  # rates a schedule sets outright, not as factors of the group's
 # Metrics the module logs once per epoch, which ReduceLROnPlateau can watch; "max" for accuracies.
 PLATEAU_MONITORS = {"val/loss": "min", "val/acc": "max", "train/loss_epoch": "min", "train/acc": "max"}
 
@@ -76,13 +77,23 @@ def _target(factory: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def build_scheduler(factory: Callable[..., Any], optimizer: Optimizer, length: int) -> Any:
-    """Call ``factory(optimizer)``, passing ``length`` as ``T_max``/``total_steps`` when the config leaves it unset."""
+    """Call ``factory(optimizer)``, passing ``length`` as ``T_max``/``total_steps`` when the config leaves it unset.
+
+    Schedules that set absolute learning rates (``OneCycleLR``'s and ``CyclicLR``'s ``max_lr``/``base_lr``)
+    get one rate per parameter group, scaled by the group's ``lr_scale`` (``model.norm_lr_scale``), as the
+    optimizer's own rates are.
+    """
     given = factory.keywords if isinstance(factory, functools.partial) else {}
     try:
         parameters = inspect.signature(_target(factory)).parameters
     except (TypeError, ValueError):  # a builtin or C callable without a signature: call it as it is
         parameters = {}
-    fill = {name: length for name in LENGTH_ARGUMENTS if name in parameters and given.get(name) is None}
+    fill: dict[str, Any] = {name: length for name in LENGTH_ARGUMENTS if name in parameters and given.get(name) is None}
+    scales = [group.get("lr_scale", 1.0) for group in optimizer.param_groups]
+    if any(scale != 1.0 for scale in scales):
+        for name in ABSOLUTE_RATE_ARGUMENTS:
+            if name in parameters and isinstance(given.get(name), (int, float)):
+                fill[name] = [given[name] * scale for scale in scales]
     return factory(optimizer, **fill)
 
 

@@ -57,11 +57,13 @@ def test_missing_or_wrong_weights_file_is_a_clear_error(tmp_path: Path) -> None:
         HeadFirstFinetuning(freeze="head")
 
 
-def finetune(npz_dir: Path, weights_file: Path, callbacks: list[L.Callback], **trainer_kwargs) -> ImageClassifier:
+def finetune(npz_dir: Path, weights_file: Path, callbacks: list[L.Callback], model_kwargs: dict | None = None,
+             **trainer_kwargs) -> ImageClassifier:
     L.seed_everything(0)
     datamodule = CIFAR10DataModule(str(npz_dir), download=False, batch_size=16, num_workers=0, val_size=50)
     model = ImageClassifier("torchvision:resnet18", backbone_kwargs={"weights": str(weights_file)},
-                            optimizer=torch.optim.SGD)  # plain SGD: a step changes exactly the parameters with grads
+                            optimizer=torch.optim.SGD,  # plain SGD: a step changes exactly the parameters with grads
+                            **(model_kwargs or {}))
     tiny_trainer(callbacks=callbacks, limit_val_batches=0, **trainer_kwargs).fit(model, datamodule)
     return model
 
@@ -95,3 +97,14 @@ def test_backbone_unfreezes_at_the_given_epoch(npz_dir: Path, weights_file: Path
     finetune(npz_dir, weights_file, [HeadFirstFinetuning(unfreeze_at_epoch=2), recorder], max_epochs=3,
              limit_train_batches=1)
     assert recorder.trainable == [False, False, True]
+
+
+@pytest.mark.parametrize("groups", [{"norm_lr_scale": 2.0}, {"no_decay_norm_bias": True}])
+def test_a_backbone_unfrozen_later_is_stepped_with_parameter_groups_too(npz_dir: Path, weights_file: Path,
+                                                                        groups: dict) -> None:
+    saved = torch.load(weights_file, weights_only=True)
+    model = finetune(npz_dir, weights_file, [HeadFirstFinetuning(unfreeze_at_epoch=1)], model_kwargs=groups,
+                     max_epochs=2, limit_train_batches=1)
+    after = {name.removeprefix("backbone."): value for name, value in model.state_dict().items()}
+    assert not torch.equal(after["conv1.weight"], saved["conv1.weight"])  # the epoch after unfreezing trained it
+    assert not torch.equal(after["layer1.0.bn1.weight"], saved["layer1.0.bn1.weight"])

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from cifar_lab.data import CIFAR10DataModule
 from cifar_lab.module import ImageClassifier, accuracy_metrics
+from cifar_lab.optim import apply_group_scales
 from cifar_lab.schedules import WarmupCosineLR, build_scheduler
 from tests.helpers import CLASSES, learning_rates, read_scalars, tiny_trainer
 
@@ -138,6 +139,23 @@ def test_schedule_length_is_filled_in_only_when_the_config_leaves_it_out() -> No
     assert one_cycle.total_steps == 120
     given = build_scheduler(partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.1, total_steps=7), optimizer, 120)
     assert given.total_steps == 7
+
+
+def test_schedules_that_set_absolute_rates_keep_each_groups_lr_scale() -> None:
+    weight, norm = torch.zeros(2, requires_grad=True), torch.zeros(2, requires_grad=True)
+    optimizer = torch.optim.SGD([{"params": [weight], "lr_scale": 1.0}, {"params": [norm], "lr_scale": 64.0}], lr=0.1)
+    apply_group_scales(optimizer)
+    one_cycle = build_scheduler(partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.1, div_factor=25.0),
+                                optimizer, 10)
+    assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([0.1 / 25, 6.4 / 25])
+    for _ in range(2):  # the peak of the default 30% warm-up: step 0.3 * 10 - 1
+        optimizer.step()
+        one_cycle.step()
+    assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([0.1, 6.4])
+    optimizer = torch.optim.SGD([{"params": [weight], "lr_scale": 1.0}, {"params": [norm], "lr_scale": 4.0}], lr=0.1,
+                                momentum=0.9)
+    build_scheduler(partial(torch.optim.lr_scheduler.CyclicLR, base_lr=0.01, max_lr=0.1), optimizer, 10)
+    assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([0.01, 0.04])
 
 
 @pytest.mark.parametrize(("interval", "expected"), [("epoch", 3), ("step", 3 * 4)])
