@@ -21,7 +21,7 @@ def parameter_groups(module: nn.Module, norm_lr_scale: float = 1.0, no_decay_nor
     """
     norm_ids = {id(p) for m in module.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(recurse=False)}
     groups: dict[str, list[nn.Parameter]] = {"norm": [], "bias": [], "weight": []}
-    for name, param in module.named_parameters():
+    for param in module.parameters():
         kind = "norm" if id(param) in norm_ids else "bias" if param.ndim <= 1 else "weight"
         groups[kind].append(param)
     decay = 0.0 if no_decay_norm_bias else 1.0
