@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 from torch import nn
 
-from cifar_lab.callbacks import FigureLogger
+from cifar_lab.callbacks import FigureLogger, GradientNorms
 from cifar_lab.cli import main
 from cifar_lab.errors import ConfigError
 from cifar_lab.models import create
@@ -196,3 +196,24 @@ def test_figures_switched_off_collect_nothing(tmp_path: Path) -> None:
         figures.on_validation_batch_end(trainer, module, torch.eye(2, 10), batch, 0)
     assert not off.collecting and off.confmat is None and off.samples == []
     assert on.collecting and len(on.samples) == 1 and len(on.samples[0][0]) == 1  # epoch 5 of every 5
+
+
+def test_gradient_norms_are_logged_per_parameter_every_n_steps(npz_dir: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CIFAR_LAB_DATA", str(npz_dir))
+    main(["fit", *SMOKE, "--config", str(ROOT / "configs" / "gradient_norms.yaml"),
+          "--trainer.callbacks.init_args.every_n_steps", "2"])  # 4 steps: logged at steps 0 and 2
+    run = load_run(tmp_path / "runs" / "simple_cnn" / "version_0")
+    parameters = [name for name, _ in create("simple_cnn").named_parameters()]
+    assert {f"grad_2.0_norm/{name}" for name in parameters} | {"grad_2.0_norm_total"} <= set(run.scalars)
+    total = run.scalars["grad_2.0_norm_total"]
+    assert [event.step for event in total] == [0, 2]
+    assert all(0 < event.value < float("inf") for event in total)
+
+
+def test_gradient_norm_options_out_of_range_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match=r"norm_type must be > 0 .*got 0"):
+        GradientNorms(norm_type=0)
+    with pytest.raises(ConfigError, match="every_n_steps must be >= 1 or null, got 0"):
+        GradientNorms(every_n_steps=0)

@@ -1,9 +1,10 @@
 """Every Lightning callback: those the CLI adds to every run (each configurable under its own key or always
 on) and recipe callbacks to add under ``trainer.callbacks`` in YAML (Lookahead, PatchWhitening,
-HeadFirstFinetuning)."""
+HeadFirstFinetuning, GradientNorms)."""
 
 from cifar_lab.callbacks.figures import FigureLogger
 from cifar_lab.callbacks.finetune import HeadFirstFinetuning
+from cifar_lab.callbacks.gradient_norms import GradientNorms
 from cifar_lab.callbacks.hparams import HpMetric, SaveConfigAsHparams
 from cifar_lab.callbacks.lookahead import Lookahead
 from cifar_lab.callbacks.non_finite import NonFiniteGuard
@@ -13,5 +14,5 @@ from cifar_lab.callbacks.report import RunReport
 from cifar_lab.callbacks.speed import EpochSpeed
 from cifar_lab.callbacks.whitening import PatchWhitening
 
-__all__ = ["CSVPredictionWriter", "EpochSpeed", "FigureLogger", "HeadFirstFinetuning", "HpMetric", "Lookahead",
-           "NonFiniteGuard", "PatchWhitening", "RandomStateCheckpoint", "RunReport", "SaveConfigAsHparams"]
+__all__ = ["CSVPredictionWriter", "EpochSpeed", "FigureLogger", "GradientNorms", "HeadFirstFinetuning", "HpMetric",
+           "Lookahead", "NonFiniteGuard", "PatchWhitening", "RandomStateCheckpoint", "RunReport", "SaveConfigAsHparams"]
