@@ -22,7 +22,7 @@ from cifar_lab.errors import ConfigError
 from cifar_lab.models import create
 from cifar_lab.reporting.runs import RunNotFoundError, load_run
 from cifar_lab.reporting.tables import markdown_table
-from cifar_lab.tools.visualize import grad_cam, visualize
+from cifar_lab.tools.visualize import grad_cam, most_confident_mistakes, visualize
 from tests.helpers import ROOT, SMOKE, cifar_lab
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -166,6 +166,18 @@ def test_visualize_writes_its_pictures(runs: Path, npz_dir: Path, tmp_path: Path
         assert image.size == (2 + 16 * 34, 2 + 3 * 34)
     with pytest.raises(ConfigError, match="no layer named nope; convolutions of this model: backbone.features.0.0"):
         visualize(ckpt, tmp_path, count=1, layer_names=["nope"], data_dir=str(npz_dir))
+
+
+def test_misclassified_picks_the_most_confident_mistakes_first(runs: Path, npz_dir: Path, tmp_path: Path) -> None:
+    logits = torch.tensor([[5.0, 0.0], [0.0, 1.0], [3.0, 0.0], [0.0, 4.0], [2.0, 0.0]])  # the "images" are logits
+    labels = torch.tensor([0, 0, 1, 0, 1])  # wrong: 1 (p 0.73), 2 (p 0.95), 3 (p 0.98), 4 (p 0.88)
+    assert most_confident_mistakes(nn.Identity(), logits, labels, count=3).tolist() == [3, 2, 4]
+    with pytest.raises(ConfigError, match="classifies every test image correctly"):
+        most_confident_mistakes(nn.Identity(), logits, logits.argmax(dim=1), count=3)
+    ckpt = runs / "runs" / "simple_cnn" / "version_0" / "checkpoints" / "last.ckpt"
+    written = visualize(ckpt, tmp_path, count=2, data_dir=str(npz_dir), misclassified=True)
+    assert len(written) == 5
+    assert_png(tmp_path / "predictions.png", min_side=20)
 
 
 def test_grad_cam_highlights_where_the_class_evidence_is() -> None:

@@ -1,10 +1,12 @@
 """Look inside a trained model: top-3 predictions, feature maps, Grad-CAM heat maps and first-layer filters.
 
     cifar-lab visualize runs/simple_cnn/version_0/checkpoints/last.ckpt --images 8 --out visualize
+    cifar-lab visualize runs/simple_cnn/version_0/checkpoints/last.ckpt --misclassified
     python scripts/visualize.py <checkpoint> --layers backbone.features.0.0 backbone.features.2.0
 
-Uses the first ``--images`` images of the CIFAR-10 test split (``--data_dir`` or ``$CIFAR_LAB_DATA``)
-and writes ``predictions.png``, ``feature_maps_<layer>.png``, ``grad_cam.png`` and ``filters.png``.
+Uses the first ``--images`` images of the CIFAR-10 test split (``--data_dir`` or ``$CIFAR_LAB_DATA``), or
+with ``--misclassified`` the ``--images`` test images the model gets wrong most confidently, and writes
+``predictions.png``, ``feature_maps_<layer>.png``, ``grad_cam.png`` and ``filters.png``.
 """
 
 import argparse
@@ -77,20 +79,36 @@ def grad_cam(model: nn.Module, layer: nn.Module, images: Tensor, classes: Tensor
     return cam / cam.amax(dim=(1, 2), keepdim=True).clamp_min(1e-8)
 
 
-def first_test_images(data_dir: str | None, count: int, normalization: str) -> tuple[Tensor, Tensor]:
-    """The first ``count`` test images, normalised as the model saw them, and their labels."""
+def test_split(data_dir: str | None, normalization: str) -> tuple[Tensor, Tensor]:
+    """The CIFAR-10 test images, normalised as the model saw them, and their labels."""
     data = CIFAR10DataModule(data_dir=data_dir, download=False, val_size=0, normalize=normalization)
     data.setup("test")
     test = data.datasets["test"]
-    items = [test[i] for i in range(min(count, len(test)))]
-    return torch.stack([image for image, _ in items]), torch.tensor([label for _, label in items])
+    return torch.stack([test[i][0] for i in range(len(test))]), test.labels.clone()
+
+
+def most_confident_mistakes(model: nn.Module, images: Tensor, labels: Tensor, count: int,
+                            batch_size: int = 500) -> Tensor:
+    """Indices of up to ``count`` images the model gets wrong, the most confident (highest top-1 probability)
+    first: the mistakes that say most about what it has learnt."""
+    with torch.no_grad():
+        probs = torch.cat([model(batch).softmax(dim=1) for batch in images.split(batch_size)])
+    confidence, predicted = probs.max(dim=1)
+    wrong = torch.nonzero(predicted != labels).flatten()
+    if len(wrong) == 0:
+        raise ConfigError("the model classifies every test image correctly: there is no mistake to show; "
+                          "run without --misclassified")
+    return wrong[confidence[wrong].argsort(descending=True)[:count]]
 
 
 def visualize(ckpt_path: Path, out: Path, count: int = 8, layer_names: list[str] | None = None,
-              cam_layer: str | None = None, data_dir: str | None = None) -> list[Path]:
-    """Write the four kinds of picture for ``count`` test images; returns the files written."""
+              cam_layer: str | None = None, data_dir: str | None = None, misclassified: bool = False) -> list[Path]:
+    """Write the four kinds of picture for ``count`` test images (the first, or the most confident mistakes);
+    returns the files written."""
     model = load_classifier(ckpt_path)
-    images, targets = first_test_images(data_dir, count, model.input_normalization)
+    images, targets = test_split(data_dir, model.input_normalization)
+    chosen = most_confident_mistakes(model, images, targets, count) if misclassified else torch.arange(min(count, len(targets)))
+    images, targets = images[chosen], targets[chosen]
     shown, names = denormalize(images, model.input_normalization), model.class_names
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -120,6 +138,8 @@ def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cifar-lab visualize", description=__doc__.split("\n")[0])
     parser.add_argument("ckpt", type=Path, help="a checkpoint written by cifar-lab fit")
     parser.add_argument("--images", type=int, default=8, help="how many test images (from the first)")
+    parser.add_argument("--misclassified", action="store_true",
+                        help="show the test images the model gets wrong most confidently instead of the first ones")
     parser.add_argument("--layers", nargs="+", help="modules whose feature maps to show (default: first and last conv)")
     parser.add_argument("--cam_layer", help="module for Grad-CAM (default: the last conv)")
     parser.add_argument("--data_dir", help="folder with cifar10.npz (default: $CIFAR_LAB_DATA or ./data)")
@@ -132,5 +152,6 @@ def main(argv: list[str]) -> None:
     args = tool.parse_args(argv)
     if args.images < 1:
         tool.error("--images must be at least 1")
-    for path in visualize(args.ckpt, args.out, args.images, args.layers, args.cam_layer, args.data_dir):
+    for path in visualize(args.ckpt, args.out, args.images, args.layers, args.cam_layer, args.data_dir,
+                          args.misclassified):
         print(f"wrote {path}")
