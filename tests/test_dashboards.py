@@ -27,7 +27,8 @@ from tests.helpers import ROOT, SMOKE, cifar_lab
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 NARROW = ["--model.backbone_kwargs", '{"widths": [8, 16]}']
-FIGURES_OFF = ["--figures.every_n_epochs", "0", "--figures.first_layer_filters", "false"]
+FIGURES_OFF = ["--figures.every_n_epochs", "0", "--figures.first_layer_filters", "false", "--figures.training_images",
+               "0"]
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +81,9 @@ def test_fit_logs_scalars_hparams_graph_and_figures(runs: Path) -> None:
     (epoch_time_s,) = scalar_values(accumulator, "train/epoch_time_s")
     assert images_per_s > 4 * 32 / epoch_time_s  # the smoke preset's 4 batches of 32, in part of the epoch's time
     for tag in ("val/confusion_matrix", "val/per_class_accuracy", "val/predictions", "filters/first_conv",
-                "test/confusion_matrix", "test/per_class_accuracy", "test/predictions"):
+                "test/confusion_matrix", "test/per_class_accuracy", "test/predictions", "train/augmented_images"):
         assert tag in tags["images"], tag
+    assert [event.step for event in accumulator.Images("train/augmented_images")] == [0]  # once per run
     assert tags["graph"]
     content = accumulator.PluginTagToContent("hparams")
     session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])

@@ -1,4 +1,5 @@
-"""Figures in TensorBoard: confusion matrix, per-class accuracy, sample predictions, first-layer filters."""
+"""Figures in TensorBoard: confusion matrix, per-class accuracy, sample predictions, first-layer filters, and
+the training images as the model sees them (augmented)."""
 
 from typing import Any
 
@@ -22,7 +23,8 @@ from cifar_lab.reporting.plots import (
 
 class FigureLogger(Callback):
     """Adds figures to the TensorBoard logger at the end of validation every ``every_n_epochs`` epochs (and the
-    last epoch), at the end of ``test``, and the first convolution's filters at the end of ``fit``.
+    last epoch), at the end of ``test``, the first convolution's filters at the end of ``fit``, and once per run
+    the first training batch as augmented (``train/augmented_images``), to see what the augmentation does.
 
     Each figure has its own switch; with all of them off (or ``every_n_epochs: 0`` for validation) nothing is
     collected. Needs ``validation_step``/``test_step`` to return the logits and the model to have
@@ -34,17 +36,20 @@ class FigureLogger(Callback):
         per_class_accuracy: bar chart of each class's accuracy.
         sample_predictions: how many images of the first batches to show with predicted/true class; 0: none.
         first_layer_filters: the first ``Conv2d``'s filters as an image grid at the end of fit.
+        training_images: how many images of the first training batch to show, augmented; 0: none.
     """
 
     def __init__(self, every_n_epochs: int = 5, confusion_matrix: bool = True, per_class_accuracy: bool = True,
-                 sample_predictions: int = 16, first_layer_filters: bool = True) -> None:
-        if every_n_epochs < 0 or sample_predictions < 0:
-            raise ConfigError("figures.every_n_epochs and figures.sample_predictions must be >= 0")
+                 sample_predictions: int = 16, first_layer_filters: bool = True, training_images: int = 16) -> None:
+        if every_n_epochs < 0 or sample_predictions < 0 or training_images < 0:
+            raise ConfigError("figures.every_n_epochs, figures.sample_predictions and figures.training_images must "
+                              "be >= 0")
         self.every_n_epochs = every_n_epochs
         self.confusion_matrix = confusion_matrix
         self.per_class_accuracy = per_class_accuracy
         self.sample_predictions = sample_predictions
         self.first_layer_filters = first_layer_filters
+        self.training_images = training_images
         self.confmat: MulticlassConfusionMatrix | None = None
         self.samples: list[tuple[Tensor, Tensor, Tensor]] = []
         self.collecting = False
@@ -97,6 +102,18 @@ class FigureLogger(Callback):
             for name, figure in figures.items():
                 logger.experiment.add_figure(f"{stage}/{name}", figure, global_step=step, close=False)
         self.samples = []
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        loggers = tensorboard_loggers(trainer)
+        if not (self.training_images and trainer.global_step == 0 and batch_idx == 0 and trainer.is_global_zero
+                and loggers):  # once per run: a resumed run has taken steps already
+            return
+        images, targets = (part[: self.training_images] for part in batch)
+        shown = denormalize(images.float(), trainer.datamodule.hparams.normalize)
+        figure = prediction_grid_figure(shown, targets, None, pl_module.class_names)
+        for logger in loggers:
+            logger.experiment.add_figure("train/augmented_images", figure, global_step=0, close=False)
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch + 1

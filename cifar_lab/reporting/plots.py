@@ -69,16 +69,21 @@ def per_class_accuracy_figure(accuracy: Tensor, class_names: Sequence[str]) -> F
     return fig
 
 
-def prediction_grid_figure(images: Tensor, targets: Tensor, preds: Tensor, class_names: Sequence[str],
+def prediction_grid_figure(images: Tensor, targets: Tensor, preds: Tensor | None, class_names: Sequence[str],
                            columns: int = 8) -> Figure:
-    """Images (in [0, 1]) titled ``predicted / true`` in green when right and red when wrong."""
+    """Images (in [0, 1]) titled ``predicted / true`` in green when right and red when wrong; with no
+    ``preds``, titled by their class (a look at the training images)."""
     rows = -(-len(images) // columns)
     fig = Figure(figsize=(1.6 * columns, 1.9 * rows), layout="constrained")
-    for i, (image, target, pred) in enumerate(zip(images.cpu(), targets.tolist(), preds.tolist())):
+    for i, (image, target) in enumerate(zip(images.float().cpu(), targets.tolist())):
         ax = fig.add_subplot(rows, columns, i + 1)
         ax.imshow(image.permute(1, 2, 0).numpy())
-        ax.set_title(f"{class_names[pred]}\n({class_names[target]})", fontsize=8,
-                     color=CORRECT if pred == target else WRONG)
+        if preds is None:
+            ax.set_title(class_names[target], fontsize=8)
+        else:
+            pred = int(preds[i])
+            ax.set_title(f"{class_names[pred]}\n({class_names[target]})", fontsize=8,
+                         color=CORRECT if pred == target else WRONG)
         ax.axis("off")
     return fig
 
