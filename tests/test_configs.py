@@ -119,16 +119,22 @@ def test_recipe_trains_one_batch_on_tiny_data(recipe: Path, npz_dir: Path, tmp_p
 
 def test_the_issues_experiment_suites_are_found() -> None:
     assert {suite.name: sorted(suite.variants) for suite in SUITES} == {
-        "architecture": ["mobilenet_v2", "resnet18", "simple_cnn", "vgg11"],
+        "architecture": ["densenet121", "mobilenet_v2", "resnet18", "simple_cnn", "vgg11"],
         "augmentation": ["autoaugment", "color", "cutmix", "cutout", "mixup", "none", "standard"],
         "batchnorm": ["simple_cnn", "simple_cnn_bn"],
+        "depth_width": ["blocks1", "blocks2", "blocks3", "wide_blocks2"],
+        "kernel_size": ["k1", "k3", "k5", "k7"],
         "mlp_vs_cnn": ["course_cnn", "lenet5", "mlp"],
         "optimizer": ["adam", "adamw", "sgd"],
         "pooling": ["avg", "max", "strided"],
+        "schedules": ["constant", "cosine", "one_cycle", "plateau", "step"],
+        "shortcuts": ["plain", "residual"],
+        "transfer": ["pretrained_100pct", "pretrained_10pct", "scratch_100pct", "scratch_10pct"],
     }
 
 
-VARIANTS = [pytest.param(suite, variant, id=f"{suite.name}/{variant}")
+VARIANTS = [pytest.param(suite, variant, id=f"{suite.name}/{variant}",
+                         marks=[pytest.mark.big] if f"{variant}.yaml" in BIG else [])
             for suite in SUITES for variant in suite.variants]
 
 
@@ -144,13 +150,14 @@ def test_experiment_variant_composes_with_its_base(suite: Suite, variant: str,
 def test_experiment_variant_trains_one_batch_on_tiny_data(suite: Suite, variant: str, npz_dir: Path, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
+    model = {**yaml.safe_load(suite.base.read_text())["model"],
+             **yaml.safe_load(suite.variants[variant].read_text()).get("model", {})}
+    save_pretrained_weights(model)
     command = fit_command(suite, variant, seed=0, epochs=None, extra=["--trainer.fast_dev_run", "1",
                                                                       "--trainer.accelerator", "cpu", "--data.data_dir",
                                                                       str(npz_dir), *TINY_DATA])
     cli = build_cli(command[1:])
     assert cli.trainer.state.finished and cli.trainer.global_step == 1
-    model = {**yaml.safe_load(suite.base.read_text())["model"],
-             **yaml.safe_load(suite.variants[variant].read_text()).get("model", {})}
     assert cli.model.hparams.backbone == model["backbone"]
     assert cli.model.hparams.backbone_kwargs == model.get("backbone_kwargs")
     assert_val_acc_is_the_share_of_the_batch_predicted_right(cli)
