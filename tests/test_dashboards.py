@@ -12,7 +12,7 @@ import torch
 import yaml
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator, ScalarEvent
 from tensorboard.plugins.hparams import plugin_data_pb2
 from torch import nn
 
@@ -20,7 +20,8 @@ from cifar_lab.callbacks import FigureLogger, GradientNorms
 from cifar_lab.cli import main
 from cifar_lab.errors import ConfigError
 from cifar_lab.models import create
-from cifar_lab.reporting.runs import RunNotFoundError, load_run
+from cifar_lab.reporting.plots import groups_figure
+from cifar_lab.reporting.runs import Run, RunGroup, RunNotFoundError, load_run
 from cifar_lab.reporting.tables import markdown_table
 from cifar_lab.tools.visualize import grad_cam, most_confident_mistakes, visualize
 from tests.helpers import ROOT, SMOKE, cifar_lab
@@ -231,3 +232,22 @@ def test_gradient_norm_options_out_of_range_are_config_errors() -> None:
         GradientNorms(norm_type=0)
     with pytest.raises(ConfigError, match="every_n_steps must be >= 1 or null, got 0"):
         GradientNorms(every_n_steps=0)
+
+
+def fake_run(folder: str, per_epoch: dict[str, list[float]]) -> Run:
+    """A run whose tags have one value per epoch, at steps 10, 20, ... (with the ``epoch`` scalar Lightning logs)."""
+    scalars = {tag: [ScalarEvent(0.0, 10 * (i + 1), v) for i, v in enumerate(values)] for tag, values in per_epoch.items()}
+    scalars["epoch"] = [ScalarEvent(0.0, 10 * (i + 1), float(i)) for i in range(len(next(iter(per_epoch.values()))))]
+    return Run(Path(folder), scalars, [], {})
+
+
+def test_curves_show_training_dashed_beside_validation_with_the_mean_over_seeds() -> None:
+    runs = [fake_run(f"a/seed_{s}", {"val/acc": [0.5 + s, 0.6], "train/acc": [0.4, 0.8], "val/loss": [1.0, 0.9],
+                                     "train/loss_epoch": [1.2, 0.5]}) for s in (0, 1)]
+    figure = groups_figure([RunGroup("a", runs)])
+    ax_acc, ax_loss, _ = figure.axes
+    (val_line, train_line), _ = ax_acc.get_lines(), ax_loss.get_lines()
+    assert list(val_line.get_ydata()) == [1.0, 0.6] and val_line.get_linestyle() == "-"  # mean of 0.5 and 1.5
+    assert list(train_line.get_ydata()) == [0.4, 0.8] and train_line.get_linestyle() == "--"
+    assert [line.get_linestyle() for line in ax_loss.get_lines()] == ["-", "--"]
+    assert train_line.get_color() == val_line.get_color()

@@ -15,7 +15,7 @@ PER_CLASS_FILE = "per_class_accuracy.md"
 
 
 class RunReport(Callback):
-    """Writes ``curves.png`` (validation accuracy, training loss, test accuracy) and ``per_class_accuracy.md``
+    """Writes ``curves.png`` (training and validation accuracy and loss, test accuracy) and ``per_class_accuracy.md``
     into the logger's folder, so the result can be read without TensorBoard.
 
     Args:

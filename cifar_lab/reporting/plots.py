@@ -134,20 +134,27 @@ def epoch_mean_std(runs: Sequence["Run"], tag: str) -> tuple[list[int], list[flo
     return epochs, means, stds
 
 
+# Per panel: the validation tag (solid, labelled by group) and the training tag (dashed, same colour), so a
+# gap that opens between them (overfitting) shows.
+CURVE_PANELS = (("accuracy", "val/acc", "train/acc"), ("loss", "val/loss", "train/loss_epoch"))
+
+
 def groups_figure(groups: Sequence["RunGroup"]) -> Figure:
-    """Validation accuracy and training loss per epoch of every group (mean, with a ±1 std band over its runs),
-    and each group's mean test accuracy with its 95% interval as an error bar."""
+    """Validation (solid) and training (dashed) accuracy and loss per epoch of every group (mean, with a ±1 std
+    band over its runs), and each group's mean test accuracy with its 95% interval as an error bar."""
     fig = Figure(figsize=(15, 4.5), layout="constrained")
     ax_acc, ax_loss, ax_test = fig.subplots(1, 3)
-    for group in groups:
-        for ax, tag in ((ax_acc, "val/acc"), (ax_loss, "train/loss_epoch")):
-            epochs, means, stds = epoch_mean_std(group.runs, tag)
-            line, = ax.plot(epochs, means, marker="o", label=group.label)
-            if any(stds):
-                low, high = [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)]
-                ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2)
-    ax_acc.set(title="validation accuracy", xlabel="epoch", ylabel="val/acc")
-    ax_loss.set(title="training loss", xlabel="epoch", ylabel="train/loss")
+    for index, group in enumerate(groups):
+        color = f"C{index % 10}"
+        for ax, (_, val_tag, train_tag) in zip((ax_acc, ax_loss), CURVE_PANELS):
+            for tag, style, label in ((val_tag, "-", group.label), (train_tag, "--", None)):
+                epochs, means, stds = epoch_mean_std(group.runs, tag)
+                ax.plot(epochs, means, style, marker="o", markersize=3, color=color, label=label)
+                if any(stds):
+                    low, high = [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)]
+                    ax.fill_between(epochs, low, high, color=color, alpha=0.15)
+    for ax, (name, _, _) in zip((ax_acc, ax_loss), CURVE_PANELS):
+        ax.set(title=f"{name}: validation (solid), training (dashed)", xlabel="epoch", ylabel=name)
     tested = [(group.label, spread(values)) for group in groups
               if (values := [v for run in group.runs if (v := run.last("test/acc")) is not None])]
     if tested:
