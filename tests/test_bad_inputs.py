@@ -36,7 +36,8 @@ PLATEAU = ["--model.lr_scheduler", '{"class_path": "torch.optim.lr_scheduler.Red
         pytest.param(["--data.train_fraction", "0"], "train_fraction must be in (0, 1]", id="train-fraction-0"),
         pytest.param([*PLATEAU, "--model.scheduler_monitor", "val/top1"],
                      "model.scheduler_monitor 'val/top1' is not logged once per epoch; ReduceLROnPlateau can watch "
-                     "one of ['train/acc', 'train/loss_epoch', 'val/acc', 'val/loss']", id="plateau-monitor-not-logged"),
+                     "one of ['train/acc', 'train/loss_epoch', 'val/acc', 'val/loss']",
+                     id="plateau-monitor-not-logged"),
         pytest.param([*PLATEAU, "--model.scheduler_monitor", "val/acc"],
                      "ReduceLROnPlateau on val/acc needs mode: max (got 'min')", id="plateau-mode-against-monitor"),
         pytest.param([*PLATEAU, "--trainer.limit_val_batches", "0"],

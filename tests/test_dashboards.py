@@ -236,7 +236,8 @@ def test_gradient_norm_options_out_of_range_are_config_errors() -> None:
 
 def fake_run(folder: str, per_epoch: dict[str, list[float]]) -> Run:
     """A run whose tags have one value per epoch, at steps 10, 20, ... (with the ``epoch`` scalar Lightning logs)."""
-    scalars = {tag: [ScalarEvent(0.0, 10 * (i + 1), v) for i, v in enumerate(values)] for tag, values in per_epoch.items()}
+    scalars = {tag: [ScalarEvent(0.0, 10 * (i + 1), v) for i, v in enumerate(values)]
+               for tag, values in per_epoch.items()}
     scalars["epoch"] = [ScalarEvent(0.0, 10 * (i + 1), float(i)) for i in range(len(next(iter(per_epoch.values()))))]
     return Run(Path(folder), scalars, [], {})
 

@@ -121,7 +121,8 @@ class CIFAR10DataModule(L.LightningDataModule):
         if val_size < 0:
             raise ConfigError(f"val_size must be >= 0, got {val_size}")
         if not 0.0 < train_fraction <= 1.0:
-            raise ConfigError(f"train_fraction must be in (0, 1] (1 trains on every training image), got {train_fraction}")
+            raise ConfigError(f"train_fraction must be in (0, 1] (1 trains on every training image), "
+                              f"got {train_fraction}")
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.save_hyperparameters(ignore=["channels_last"])  # deprecated; the model's hparam of that name rules

@@ -27,7 +27,8 @@ CORRECT, WRONG = "tab:green", "tab:red"
 
 def denormalize(images: Tensor, normalization: str = "dataset") -> Tensor:
     """Undo a ``data.normalize`` choice: float ``[N,3,H,W]`` in [0, 1], ready to show."""
-    mean, std = (torch.tensor(stats, device=images.device).view(1, 3, 1, 1) for stats in normalization_stats(normalization))
+    mean, std = (torch.tensor(stats, device=images.device).view(1, 3, 1, 1)
+                 for stats in normalization_stats(normalization))
     return (images * std + mean).clamp(0, 1)
 
 

@@ -107,7 +107,8 @@ def visualize(ckpt_path: Path, out: Path, count: int = 8, layer_names: list[str]
     returns the files written."""
     model = load_classifier(ckpt_path)
     images, targets = test_split(data_dir, model.input_normalization)
-    chosen = most_confident_mistakes(model, images, targets, count) if misclassified else torch.arange(min(count, len(targets)))
+    first = torch.arange(min(count, len(targets)))
+    chosen = most_confident_mistakes(model, images, targets, count) if misclassified else first
     images, targets = images[chosen], targets[chosen]
     shown, names = denormalize(images, model.input_normalization), model.class_names
     out.mkdir(parents=True, exist_ok=True)
