@@ -67,7 +67,8 @@ def test_unknown_suite_is_a_one_line_error_listing_the_suites(capsys: pytest.Cap
         main(["experiment", "dropout", "--configs", str(EXPERIMENTS)])
     assert exit_info.value.code == 1
     assert capsys.readouterr().err == ("cifar-lab: error: unknown experiment 'dropout'; choose one of ['architecture', "
-                                       "'augmentation', 'batchnorm', 'optimizer', 'pooling']\n")
+                                       "'augmentation', 'batchnorm', 'depth_width', 'kernel_size', 'mlp_vs_cnn', "
+                                       "'optimizer', 'pooling', 'schedules', 'shortcuts', 'transfer']\n")
 
 
 def test_seeds_are_a_count_a_list_or_one_seed_with_a_trailing_comma() -> None:
