@@ -104,6 +104,9 @@ def assert_same_weights(a: Path, b: Path) -> None:
 
 
 TINY_DATA = ["--data.val_size", "50", "--data.batch_size", "32", "--data.num_workers", "0"]
+# Runs that are about something else skip the figures, the model graph and the end-of-test report.
+NO_FIGURES = ["--figures.every_n_epochs", "0", "--figures.first_layer_filters", "false", "--figures.training_images",
+              "0", "--trainer.logger.init_args.log_graph", "false", "--report.curves", "false"]
 SMOKE = ["--config", str(CONFIGS / "simple_cnn.yaml"), "--config", str(CONFIGS / "trainer/cpu.yaml"),
          "--config", str(CONFIGS / "trainer/smoke.yaml"), *TINY_DATA]
 

@@ -16,11 +16,11 @@ from cifar_lab.cli import build_cli, main
 from cifar_lab.errors import ExperimentFailedError
 from cifar_lab.reporting.runs import load_run
 from cifar_lab.tools.experiment import load_suite, parse_seeds, run_suite
-from tests.helpers import CONFIGS, ROOT, TINY_DATA, cli_env
+from tests.helpers import CONFIGS, NO_FIGURES, ROOT, TINY_DATA, cli_env
 
 EXPERIMENTS = CONFIGS / "experiments"
 SCRIPT = ROOT / "scripts" / "run_experiment.py"
-TINY_FIT = [*TINY_DATA, "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2",
+TINY_FIT = [*TINY_DATA, *NO_FIGURES, "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2",
             "--trainer.limit_test_batches", "2", "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar",
             "false", "--trainer.enable_model_summary", "false"]
 

@@ -9,7 +9,7 @@ import torch
 
 from cifar_lab.cli import build_cli
 from cifar_lab.schedules import LENGTH_ARGUMENTS
-from tests.helpers import SMOKE
+from tests.helpers import NO_FIGURES, SMOKE
 
 EPOCHS = 2
 LR = 0.05  # configs/simple_cnn.yaml's SGD
@@ -31,7 +31,7 @@ def fit(tmp_path: Path, npz_dir: Path, monkeypatch: pytest.MonkeyPatch, schedule
         *options: str):
     monkeypatch.chdir(tmp_path)
     lr_scheduler = json.dumps({"class_path": f"torch.optim.lr_scheduler.{schedule}", "init_args": init_args})
-    return build_cli(["fit", *SMOKE, "--data.data_dir", str(npz_dir), "--trainer.max_epochs", str(EPOCHS),
+    return build_cli(["fit", *SMOKE, *NO_FIGURES, "--data.data_dir", str(npz_dir), "--trainer.max_epochs", str(EPOCHS),
                       "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
                       "--model.lr_scheduler", lr_scheduler, *options])
 
