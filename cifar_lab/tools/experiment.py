@@ -40,16 +40,9 @@ import torch
 import yaml
 
 from cifar_lab.errors import ConfigError, ExperimentFailedError
-from cifar_lab.reporting.runs import (
-    BEST_VAL_TESTS,
-    EVENTS_GLOB,
-    RUNS_DIR,
-    RunFolder,
-    experiment_settings,
-    load_run,
-)
+from cifar_lab.reporting.runs import RUNS_DIR, RunFolder, experiment_settings, load_run
 from cifar_lab.tools import PARENT_PID_ENV
-from cifar_lab.tools.compare import compare, differing
+from cifar_lab.tools.compare import best_val_test, compare, differing
 
 BASE = "base.yaml"
 SUITE_FILE = "suite.yaml"
@@ -206,8 +199,7 @@ def is_tested(run: RunFolder) -> bool:
 
 
 def is_best_val_tested(run: RunFolder) -> bool:
-    folder = run.path / BEST_VAL_TESTS
-    return any(folder.glob(EVENTS_GLOB)) and load_run(folder).last("test/acc") is not None
+    return best_val_test(load_run(run.path)) is not None
 
 
 def lock(run: RunFolder) -> IO[str]:
