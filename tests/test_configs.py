@@ -121,7 +121,7 @@ def test_the_issues_experiment_suites_are_found() -> None:
     assert {suite.name: sorted(suite.variants) for suite in SUITES} == {
         "architecture": ["densenet121", "mobilenet_v2", "resnet18", "simple_cnn", "vgg11"],
         "augmentation": ["autoaugment", "color", "cutmix", "cutout", "mixup", "none", "standard"],
-        "batchnorm": ["simple_cnn", "simple_cnn_bn"],
+        "batchnorm": ["bn", "bn_lr10x", "plain", "plain_lr10x"],
         "depth_width": ["blocks1", "blocks2", "blocks3", "wide_blocks2"],
         "kernel_size": ["k1", "k3", "k5", "k7"],
         "mlp_vs_cnn": ["course_cnn", "lenet5", "mlp"],

@@ -197,7 +197,7 @@ class Workdir:
             assert result.returncode == 0, f"the tiny {name} run failed:\n{result.stderr[-3000:]}"
         simple_cnn = self.path / "runs" / "simple_cnn"
         shutil.copytree(simple_cnn / "version_0", simple_cnn / "version_1")
-        for variant in ("simple_cnn", "simple_cnn_bn"):  # a seeded suite's run folders, for `compare` examples
+        for variant in ("plain", "bn"):  # a seeded suite's run folders, for `compare` examples
             for seed in (0, 1):
                 seeded = self.path / "runs/experiments/batchnorm" / variant / f"seed_{seed}"
                 shutil.copytree(simple_cnn / "version_0", seeded)

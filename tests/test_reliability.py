@@ -99,6 +99,7 @@ def test_diverging_run_stops_naming_the_step_and_the_last_good_checkpoint(diverg
     assert epoch < EPOCHS - 1 and checkpoint["epoch"] == epoch - 1  # stopped early; saved the epoch before
     assert checkpoint["global_step"] < step <= checkpoint["global_step"] + STEPS_PER_EPOCH
     assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values())
+    assert read_scalars(run, "train/diverged_at_step") == {checkpoint["global_step"] + STEPS_PER_EPOCH: step}
 
 
 def test_the_seed_the_run_chose_is_written_to_the_saved_config(diverged) -> None:

@@ -10,6 +10,10 @@ from lightning.pytorch.callbacks import Callback
 
 from cifar_lab.errors import TrainingDivergedError
 
+# Logged once, to every logger, by a run the guard stops: the step where the loss went bad (or the step of the
+# refused save). ``compare`` and ``experiment`` read it to report the run as diverged rather than as failed.
+DIVERGED_TAG = "train/diverged_at_step"
+
 
 class NonFiniteGuard(Callback):
     """Raise ``TrainingDivergedError`` soon after the first NaN/inf training loss, and refuse to save
@@ -57,18 +61,23 @@ class NonFiniteGuard(Callback):
     def _check(self, trainer: L.Trainer) -> None:
         bad = self.first_bad_step is not None and bool(self.first_bad_step >= 0)
         if trainer.strategy.reduce_boolean_decision(bad, all=False):
-            what = (f"the training loss is {float(self.bad_loss)} at step {int(self.first_bad_step)}" if bad
+            step = int(self.first_bad_step) if bad else trainer.global_step
+            what = (f"the training loss is {float(self.bad_loss)} at step {step}" if bad
                     else "the training loss became NaN/inf on another process")
-            self._stop(trainer, f"{what} (epoch {trainer.current_epoch})")
+            self._stop(trainer, f"{what} (epoch {trainer.current_epoch})", step)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         bad = [name for name, p in pl_module.named_parameters() if not torch.isfinite(p).all()]
         if bad:
             self._stop(trainer, f"the weights ({bad[0]} and {len(bad) - 1} more) are NaN/inf at step "
-                                f"{trainer.global_step} (epoch {trainer.current_epoch}); this state was not saved")
+                                f"{trainer.global_step} (epoch {trainer.current_epoch}); this state was not saved",
+                       trainer.global_step)
 
     @staticmethod
-    def _stop(trainer: L.Trainer, what: str) -> None:
+    def _stop(trainer: L.Trainer, what: str, step: int) -> None:
+        for logger in trainer.loggers:  # written before raising, so the run's own logs say how it ended
+            logger.log_metrics({DIVERGED_TAG: step}, step=trainer.global_step)
+            logger.save()
         last = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
         # Checkpoints are written atomically, so a last.ckpt on disk is the last complete, finite state.
         good = last if last and Path(last).is_file() else "none was saved yet"

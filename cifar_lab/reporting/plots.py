@@ -4,6 +4,7 @@ Built on ``matplotlib.figure.Figure`` directly: it renders with the Agg canvas a
 state, so figures work without a display and are freed when dropped.
 """
 
+import math
 import statistics
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -124,11 +125,13 @@ def grad_cam_figure(images: Tensor, heatmaps: Tensor, preds: Tensor, class_names
 
 
 def epoch_mean_std(runs: Sequence["Run"], tag: str) -> tuple[list[int], list[float], list[float]]:
-    """Per epoch: the mean of ``tag`` over the runs that logged it, and its sample std (0 for one run)."""
+    """Per epoch: the mean of ``tag`` over the runs that logged a finite value (a diverged run's NaN/inf loss
+    ends its curve), and its sample std (0 for one run)."""
     by_epoch: dict[int, list[float]] = {}
     for run in runs:
         for epoch, value in zip(*run.per_epoch(tag)):
-            by_epoch.setdefault(epoch, []).append(value)
+            if math.isfinite(value):
+                by_epoch.setdefault(epoch, []).append(value)
     epochs = sorted(by_epoch)
     means = [statistics.fmean(by_epoch[e]) for e in epochs]
     stds = [statistics.stdev(by_epoch[e]) if len(by_epoch[e]) > 1 else 0.0 for e in epochs]

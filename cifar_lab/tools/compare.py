@@ -16,6 +16,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
+from cifar_lab.callbacks.non_finite import DIVERGED_TAG
 from cifar_lab.data import CIFAR10DataModule
 from cifar_lab.errors import CifarLabError, ConfigError, RunNotFoundError
 from cifar_lab.models import create
@@ -38,6 +39,8 @@ from cifar_lab.reporting.tables import markdown_table, write_csv
 COLUMNS = ["run", "backbone", "parameters", "epochs", "best_val_acc", "test_acc", "wall_time_s", "images_per_s"]
 # The test accuracy of the best-validation checkpoint, reported beside (never instead of) last.ckpt's.
 BEST_VAL_TEST = "test_acc_best_val_ckpt"
+# The step where the divergence guard stopped a run; a group counts its diverged runs in a column of this name.
+DIVERGED = "diverged_at_step"
 # Per-epoch tags written during fit (not test): the first and last of them bound a run's wall time.
 FIT_TAGS = ("hp_metric", "train/loss_epoch", "val/acc")
 
@@ -78,6 +81,7 @@ def summary(run: Run) -> dict[str, Any]:
         BEST_VAL_TEST: best_val_test(run),
         "wall_time_s": wall_time(run),
         "images_per_s": mean(images_per_s) if images_per_s else None,
+        DIVERGED: run.last(DIVERGED_TAG),
     }
 
 
@@ -119,7 +123,8 @@ def per_run_table(runs: list[Run]) -> tuple[list[str], list[list[Any]], list[lis
     """Header, raw rows (CSV) and formatted rows (Markdown): one row per run."""
     summaries = [summary(run) for run in runs]
     extra = differing([flatten(hyperparameters(run.config)) for run in runs])
-    columns = COLUMNS + ([BEST_VAL_TEST] if any(row[BEST_VAL_TEST] is not None for row in summaries) else [])
+    columns = COLUMNS + [column for column in (BEST_VAL_TEST, DIVERGED)
+                         if any(row[column] is not None for row in summaries)]
     header = columns + list(extra)
     rows = [[row[c] for c in columns] + [values[i] for values in extra.values()] for i, row in enumerate(summaries)]
     return header, rows, [[formatted(c, v) for c, v in zip(header, row)] for row in rows]
@@ -160,24 +165,27 @@ def difference_values(result: Difference | None) -> list[Any]:
 
 
 GROUP_COLUMNS = ["group", "n", "backbone", "parameters", "epochs"]
+DIVERGED_COUNT = "diverged"
 SPEED_COLUMNS = ["wall_time_s", "images_per_s"]
 
 
 def group_table(groups: list[RunGroup], baseline: str) -> tuple[list[str], list[str], list[list[Any]], list[list[Any]]]:
     """Markdown header, CSV header, raw rows (CSV) and formatted rows (Markdown): one row per group, with the
-    spread of its accuracies and its test accuracy's difference from the ``baseline`` group."""
-    summaries = {group.label: [summary(run) for run in group.runs] for group in groups}
+    spread of its accuracies and its test accuracy's difference from the ``baseline`` group. A diverged run
+    counts in n and in the ``diverged`` column (shown when any run diverged), never in the accuracies."""
+    summaries = {group.label: [finished_only(summary(run)) for run in group.runs] for group in groups}
     metrics = ["test_acc", "best_val_acc"]
     if any(row[BEST_VAL_TEST] is not None for rows in summaries.values() for row in rows):
         metrics.append(BEST_VAL_TEST)
+    counted = [DIVERGED_COUNT] if any(row[DIVERGED] is not None for rows in summaries.values() for row in rows) else []
     base = next(group for group in groups if group.label == baseline)
     base_test = base.by_seed([row["test_acc"] for row in summaries[baseline]])
     extra = differing([experiment_settings(group.runs[0].config) for group in groups])
     versus = f"test_acc_vs_{baseline}"
-    header = [*GROUP_COLUMNS, *(f"{metric}{part}" for metric in metrics for part in ("", "_ci")), *SPEED_COLUMNS,
-              versus, "p_value", *extra]
-    csv_header = [*GROUP_COLUMNS, *(f"{metric}_{part}" for metric in metrics
-                                    for part in ("mean", "std", "ci_low", "ci_high")),
+    header = [*GROUP_COLUMNS, *counted, *(f"{metric}{part}" for metric in metrics for part in ("", "_ci")),
+              *SPEED_COLUMNS, versus, "p_value", *extra]
+    csv_header = [*GROUP_COLUMNS, *counted, *(f"{metric}_{part}" for metric in metrics
+                                              for part in ("mean", "std", "ci_low", "ci_high")),
                   *SPEED_COLUMNS, versus, f"{versus}_ci_low", f"{versus}_ci_high", "p_value", "test", *extra]
     raw, cells = [], []
     for i, group in enumerate(groups):
@@ -185,18 +193,26 @@ def group_table(groups: list[RunGroup], baseline: str) -> tuple[list[str], list[
         spreads = [spread_of([row[metric] for row in rows]) for metric in metrics]
         diff = None if group is base else difference(base_test, group.by_seed([row["test_acc"] for row in rows]))
         first = {column: rows[0][column] for column in ("backbone", "parameters", "epochs")}
-        common = [group.label, len(rows), *first.values()]
+        common = [group.label, len(rows), *first.values(), *([sum(row[DIVERGED] is not None for row in rows)]
+                                                            if counted else [])]
         speed = [mean_of([row[column] for row in rows]) for column in SPEED_COLUMNS]
         settings = [values[i] for values in extra.values()]
         raw.append([*common, *(value for result in spreads for value in spread_values(result)), *speed,
                     *difference_values(diff), *settings])
-        cells.append([*(formatted(c, v) for c, v in zip(GROUP_COLUMNS, common)),
+        cells.append([*(formatted(c, v) for c, v in zip([*GROUP_COLUMNS, *counted], common)),
                       *(cell for result in spreads for cell in spread_cells(result)),
                       *(formatted(c, v) for c, v in zip(SPEED_COLUMNS, speed)), *difference_cells(diff), *settings])
     return header, csv_header, raw, cells
 
 
-def notes(grouped: bool, baseline: str | None) -> str:
+def finished_only(row: dict[str, Any]) -> dict[str, Any]:
+    """A diverged run's row with its accuracies blanked: what it reached before its loss went NaN/inf is no result."""
+    if row[DIVERGED] is None:
+        return row
+    return {**row, "test_acc": None, "best_val_acc": None, BEST_VAL_TEST: None}
+
+
+def notes(grouped: bool, baseline: str | None, diverged: bool) -> str:
     """What each number is: which split and checkpoint, and how sure it is."""
     lines = [("test_acc: test split, each run's last.ckpt (the end of training; no checkpoint is picked by a score); "
               "best_val_acc: validation split, best epoch; test_acc_best_val_ckpt (where tested, e.g. "
@@ -206,7 +222,11 @@ def notes(grouped: bool, baseline: str | None) -> str:
                      f"ci: 95% Student-t interval of the mean. test_acc_vs_{baseline}: mean difference from the "
                      f"baseline with its 95% interval, paired t-test over shared seeds, Welch's t-test otherwise; "
                      f"* marks an interval that excludes 0, otherwise the difference is within the noise.")
-    else:
+    if diverged:
+        lines.append("diverged: runs whose training loss turned NaN/inf, stopped by the divergence guard and not "
+                     "tested; " + ("they count in n but not in the accuracies, which are over the other runs."
+                               if grouped else "diverged_at_step names the step where the loss went bad."))
+    if not grouped:
         lines.append("One run per configuration: no spread is known, so a difference cannot be told from the noise "
                      "of another seed (`cifar-lab experiment --seeds` runs several).")
     return "\n".join(lines) + "\n"
@@ -232,7 +252,8 @@ def compare(folders: list[Path], out: Path, name: str = "comparison", baseline: 
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.md", out / f"{name}.csv", out / f"{name}.png"]
     right = [column for column in header if column not in ("group", "run", "backbone")]
-    paths[0].write_text(markdown_table(header, cells, right_aligned=right) + "\n" + notes(grouped, baseline))
+    diverged = any(run.last(DIVERGED_TAG) is not None for run in runs)
+    paths[0].write_text(markdown_table(header, cells, right_aligned=right) + "\n" + notes(grouped, baseline, diverged))
     write_csv(paths[1], csv_header, rows)
     groups_figure(groups).savefig(paths[2], dpi=80)
     return paths

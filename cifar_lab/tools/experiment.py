@@ -15,8 +15,10 @@ Each run is ``cifar-lab fit --config base.yaml --config <variant>.yaml --seed_ev
 logging into ``runs/experiments/<suite>/<variant>/seed_<s>/``, then ``cifar-lab test`` of that run's
 ``last.ckpt`` (and, with ``--test-best-val``, of its best-validation checkpoint, reported in a column of
 its own); last, ``cifar-lab compare`` of exactly those runs writes the suite's table and plot, one row
-per variant with its spread over the seeds and its difference from the baseline. Running the same command
-again skips finished runs, resumes interrupted ones from their ``last.ckpt`` and starts the missing ones.
+per variant with its spread over the seeds and its difference from the baseline. A run that the divergence
+guard stops (its loss turned NaN/inf) is kept, not tested, and counted in the table's ``diverged`` column:
+it is an answer, not a failure of the suite. Running the same command again skips finished and diverged runs,
+resumes interrupted ones from their ``last.ckpt`` and starts the missing ones.
 """
 
 import argparse
@@ -39,7 +41,8 @@ from typing import IO, Any
 import torch
 import yaml
 
-from cifar_lab.errors import ConfigError, ExperimentFailedError
+from cifar_lab.callbacks.non_finite import DIVERGED_TAG
+from cifar_lab.errors import ConfigError, ExperimentFailedError, RunNotFoundError
 from cifar_lab.reporting.runs import RUNS_DIR, RunFolder, experiment_settings, load_run
 from cifar_lab.tools import PARENT_PID_ENV
 from cifar_lab.tools.compare import best_val_test, compare, differing
@@ -232,29 +235,45 @@ class Progress:
 
 def run_job(job: Job, execute: Execute, progress: Progress, log_to_file: bool, env: dict[str, str],
             extra_fit: list[str], test_best_val: bool = False) -> None:
-    """Fit (new, or resumed from ``last.ckpt``) and test one run, unless it is finished already; with
-    ``test_best_val`` also test its best-validation checkpoint."""
+    """Fit (new, or resumed from ``last.ckpt``) and test one run, unless it is finished or diverged already;
+    with ``test_best_val`` also test its best-validation checkpoint."""
     run = job.run
     tested = is_tested(run)
-    if tested or (run.config_file.is_file() and run.last_checkpoint.is_file()):
+    diverged = None if tested else diverged_step(run)
+    if tested or diverged is not None or (run.config_file.is_file() and run.last_checkpoint.is_file()):
         check_reusable(job)
+    if diverged is not None:
+        progress.say(job, f"diverged earlier (step {diverged}), kept as a diverged run ({run.path})", ended=True)
+        return
     best_val_due = test_best_val and not (tested and is_best_val_tested(run))
     if tested and not best_val_due:
         progress.say(job, f"finished earlier, kept ({run.path})", ended=True)
         return
     with lock(run), (run.path / LOG_FILE).open("a") if log_to_file else contextlib.nullcontext() as log:
         start = time.perf_counter()
-        if not tested:
-            fit_and_test(job, execute, progress, log, env, extra_fit)
+        if not tested and not fit_and_test(job, execute, progress, log, env, extra_fit):
+            progress.say(job, f"diverged at step {diverged_step(run)} after {time.perf_counter() - start:.0f} s: "
+                              f"kept and reported as diverged, not tested", ended=True)
+            return
         if best_val_due:
             execute_or_fail(best_val_evaluation_command(run), job, execute, progress, log, env)
         accuracy = load_run(run.path).last("test/acc")
         progress.say(job, f"done in {time.perf_counter() - start:.0f} s, test/acc {accuracy:.4f}", ended=True)
 
 
+def diverged_step(run: RunFolder) -> int | None:
+    """The step where the run's training loss went NaN/inf, when the divergence guard stopped it."""
+    try:
+        step = load_run(run.path).last(DIVERGED_TAG)
+    except RunNotFoundError:
+        return None
+    return None if step is None else int(step)
+
+
 def fit_and_test(job: Job, execute: Execute, progress: Progress, log: IO[str] | None, env: dict[str, str],
-                 extra_fit: list[str]) -> None:
-    """Fit (new, or resumed from ``last.ckpt``), then test ``last.ckpt``."""
+                 extra_fit: list[str]) -> bool:
+    """Fit (new, or resumed from ``last.ckpt``), then test ``last.ckpt``; False (and no test) when the fit
+    diverged, which answers a question (e.g. "does this learning rate train?") instead of failing the suite."""
     run = job.run
     if run.last_checkpoint.is_file():
         fit, what = [PROGRAM, "fit", "--resume", str(run.path), *extra_fit], "resuming from last.ckpt"
@@ -264,16 +283,23 @@ def fit_and_test(job: Job, execute: Execute, progress: Progress, log: IO[str] | 
                 shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
         fit, what = [*job.fit, *extra_fit], "fit"
     progress.say(job, f"{what}{f', output in {run.path / LOG_FILE}' if log else ''}: {shlex.join(fit)}")
-    execute_or_fail(fit, job, execute, progress, log, env)
+    code = execute(fit, log, env)
+    if code != 0 and diverged_step(run) is not None:
+        return False
+    fail_unless_zero(code, fit, job, progress, log)
     if not run.config_file.is_file():
         raise ExperimentFailedError(f"experiment {progress.suite.name}, {job.name}: fit did not log into "
                                     f"{run.path}; do the extra options change trainer.logger?")
     execute_or_fail(evaluation_command(run), job, execute, progress, log, env)
+    return True
 
 
 def execute_or_fail(command: list[str], job: Job, execute: Execute, progress: Progress, log: IO[str] | None,
                     env: dict[str, str]) -> None:
-    code = execute(command, log, env)
+    fail_unless_zero(execute(command, log, env), command, job, progress, log)
+
+
+def fail_unless_zero(code: int, command: list[str], job: Job, progress: Progress, log: IO[str] | None) -> None:
     if code != 0:
         where = f"in {log.name}" if log else "above"
         raise ExperimentFailedError(f"experiment {progress.suite.name}, {job.name}: {command[1]} ended with "
