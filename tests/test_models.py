@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import SqueezeExcitation
 
+from cifar_lab.cli import main
 from cifar_lab.errors import ConfigError, UnknownBackboneError, WeightsNotFoundError
 from cifar_lab.models import available, create
 from cifar_lab.models.resnet import BasicBlock
@@ -232,6 +233,34 @@ def test_models_command_passes_backbone_kwargs_and_rejects_a_non_mapping(capsys:
     assert row.split() == ["|", "`torchvision:resnet18`", "|", f"{11_173_962 + 90 * 513:,}", "|", "1,110.9", "|"]
     with pytest.raises(ConfigError, match="--backbone_kwargs must be a mapping"):
         summary.main(["resnet18", "--backbone_kwargs", "cifar_stem"])
+
+
+def test_timed_training_step_updates_every_parameter_of_the_backbone() -> None:
+    model = create("lenet5")
+    before = [p.detach().clone() for p in model.parameters()]
+    summary.training_step(model, torch.randn(4, 3, 32, 32), torch.arange(4))()
+    assert all(not torch.equal(old, new) for old, new in zip(before, model.parameters()))
+
+
+def test_models_speed_adds_training_images_per_second_and_says_how_it_was_measured(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    summary.main(["lenet5", "mlp", "--speed", "--batch_size", "2", "--min_time", "0.01"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split("|")[1:-1] == [" backbone ", " parameters ", " MFLOPs ", " train images/s "]
+    assert [float(row.split("|")[4].replace(",", "")) > 0 for row in out[2:4]] == [True, True]
+    assert out[5].startswith(f"train images/s: SGD steps of batch 2 on synthetic 32x32 images, fp32, "
+                             f"{torch.get_num_threads()} CPU thread(s)")
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    (["--batch_size", "0"], "--batch_size must be at least 1, got 0"),
+    (["--min_time", "0"], "--min_time must be a number of seconds > 0, got 0.0"),
+])
+def test_models_speed_settings_out_of_range_are_one_line_errors(option: list[str], message: str,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["models", "lenet5", "--speed", *option])
+    assert capsys.readouterr().err == f"cifar-lab: error: {message}\n"
 
 
 @pytest.mark.parametrize("name", ["simple_cnn", "simple_cnn_bn"])
