@@ -23,7 +23,9 @@ from cifar_lab.tools.experiment import Suite, fit_command, load_suite, suite_nam
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 EXPERIMENTS = CONFIGS / "experiments"
-STANDALONE = sorted(path for path in CONFIGS.rglob("*.yaml") if EXPERIMENTS not in path.parents)
+SWEEPS = CONFIGS / "sweeps"  # search spaces: read by `cifar-lab sweep --space`, never by fit
+STANDALONE = sorted(path for path in CONFIGS.rglob("*.yaml") if EXPERIMENTS not in path.parents
+                    and SWEEPS not in path.parents)
 RECIPES = [path for path in STANDALONE if "model" in yaml.safe_load(path.read_text())]
 ADD_ONS = [path for path in STANDALONE if path not in RECIPES]
 SUITES = [load_suite(name, EXPERIMENTS) for name in suite_names(EXPERIMENTS)]
