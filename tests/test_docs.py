@@ -23,6 +23,7 @@ import pytest
 from cifar_lab.cli import build_cli
 from cifar_lab.tools import TOOLS, tool_parser
 from cifar_lab.tools.experiment import fit_command, load_suite, parse_seeds, split_fit_options
+from cifar_lab.tools.search_space import load_space
 from tests.helpers import ROOT, SMOKE, TINY_DATA, cifar_lab
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -232,8 +233,9 @@ def parse_lightning(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None
 
 def parse_tool(name: str, argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     """The tool's own parser accepts the options; for ``experiment`` the suite exists and the options after
-    ``--`` parse as part of a variant's ``fit``; the run folders and checkpoints a tool reads exist."""
-    own, fit_options = split_fit_options(argv) if name == "experiment" else (argv, [])
+    ``--`` parse as part of a variant's ``fit``, for ``sweep`` the space loads and the options after ``--``
+    parse with its base configs; the run folders and checkpoints a tool reads exist."""
+    own, fit_options = split_fit_options(argv) if name in ("experiment", "sweep") else (argv, [])
     if {"--help", "-h"} & set(own):
         with pytest.raises(SystemExit) as exit_info:
             tool_parser(name).parse_args(own)
@@ -246,6 +248,10 @@ def parse_tool(name: str, argv: list[str], capsys: pytest.CaptureFixture[str]) -
             seeds = parse_seeds(args.seeds) if args.seeds else suite.seeds
             parse_lightning(fit_command(suite, next(iter(suite.variants)), seeds[0], args.epochs, fit_options)[1:],
                             capsys)
+    elif name == "sweep":
+        load_space(args.space)
+        parse_lightning(["fit", *(part for config in args.config for part in ("--config", str(config))), *fit_options],
+                        capsys)
     elif name == "visualize":
         assert Path(args.ckpt).is_file(), f"visualize reads {args.ckpt}, which the tiny run does not have"
     elif name == "compare":
