@@ -1,6 +1,6 @@
 """Checkpoints written atomically and read safely.
 
-Writing: a run killed while saving never leaves a truncated file. Reading: ``torch.load`` with
+Writing: a run killed while saving never leaves a truncated file, and remote paths are Lightning's. Reading: ``torch.load`` with
 ``weights_only=True`` (tensors and plain containers only, so a crafted file cannot run code), and
 every way a file can be unusable (missing, truncated, foreign, another network) is a one-line
 ``CheckpointError`` instead of a traceback from deep inside torch.
@@ -9,13 +9,16 @@ every way a file can be unusable (missing, truncated, foreign, another network) 
 import os
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
+from fsspec.utils import get_protocol
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import nn
 
 from cifar_lab.errors import CheckpointError
+
+LOCAL_PROTOCOLS = {"file", "local"}  # fsspec's names for the local file system
 
 
 def load_checkpoint_file(path: str | Path, weights_only: bool = True, map_location: Any = "cpu") -> dict[str, Any]:
@@ -57,23 +60,48 @@ def check_state_dict_fits(model: nn.Module, state_dict: dict[str, torch.Tensor],
     )
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Save to a hidden temporary file beside the target, then rename it over the target; load safely.
+def is_local(path: Any) -> bool:
+    """Whether ``path`` is on this machine's file system (not an fsspec URL such as ``s3://...``)."""
+    return get_protocol(str(path)) in LOCAL_PROTOCOLS
 
-    ``os.replace`` is atomic on one filesystem: ``last.ckpt`` is always either the previous
-    complete checkpoint or the new complete one, so a killed run can always resume from it.
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Local checkpoints written once, to a hidden file beside the target renamed over it; remote ones by Lightning.
+
+    ``os.replace`` is atomic on one file system: ``last.ckpt`` is always either the previous complete
+    checkpoint or the new complete one, so a run killed at any moment can resume from it. A failed write
+    (disk full, permission lost) leaves the previous one in place and ends the run with a one-line
+    ``CheckpointError``. Paths with an fsspec protocol go through Lightning's own IO, which writes them
+    with the file system's transaction.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if not is_local(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp")
         try:
-            super().save_checkpoint(checkpoint, tmp, storage_options)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as file:
+                self.write(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())  # on disk before the rename makes it the checkpoint
             os.replace(tmp, target)
+        except OSError as err:
+            raise CheckpointError(
+                f"could not write checkpoint {target.name} into {target.parent} ({err.strerror or err}); the "
+                f"checkpoints already there are intact: free space or fix the folder, then resume the run"
+            ) from err
         finally:
             tmp.unlink(missing_ok=True)
 
+    def write(self, checkpoint: dict[str, Any], file: BinaryIO) -> None:
+        """Serialise ``checkpoint`` into the open temporary file."""
+        torch.save(checkpoint, file)
+
     def load_checkpoint(self, path: Any, map_location: Any = "cpu", weights_only: bool | None = None) -> dict[str, Any]:
         """``weights_only=True`` unless the caller explicitly trusts the file with ``weights_only=False``."""
+        if not is_local(path):
+            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only is not False)
         return load_checkpoint_file(path, weights_only=weights_only is not False, map_location=map_location)

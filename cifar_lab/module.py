@@ -14,10 +14,13 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from cifar_lab.checkpoint_io import check_state_dict_fits, load_checkpoint_file
 from cifar_lab.data.augment import batch_mix
+from cifar_lab.data.resumable import run_seed, sample_seed, seeded_rng
 from cifar_lab.models import create
 from cifar_lab.optim import apply_group_scales, parameter_groups
 from cifar_lab.schedules import build_scheduler
 
+# Checkpoint key of the running training metrics of the epoch the checkpoint was saved in.
+EPOCH_METRICS_KEY = "train_epoch_metrics"
 
 def accuracy_metrics(num_classes: int, prefix: str, top5: bool = True) -> MetricCollection:
     """Top-1 (plain accuracy, micro average) and, when asked and there are enough classes, top-5.
@@ -111,6 +114,8 @@ class ImageClassifier(L.LightningModule):
             self.backbone.compile(mode=compile_mode)  # in place: state_dict keys stay the same
         self.example_input_array = torch.zeros(2, 3, 32, 32)  # for the model summary and TensorBoard's graph
         self.input_normalization = "dataset"  # the data's normalize, for inference tools (load_classifier sets it)
+        self.logged_epoch = -1  # the epoch whose epoch metrics are registered with self.log
+        self.resumed_epoch_metrics: dict[str, Any] | None = None
 
     def forward(self, images: Tensor) -> Tensor:
         if self.hparams.channels_last:
@@ -132,8 +137,9 @@ class ImageClassifier(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, targets = batch
         mixed_targets = targets
-        if self.batch_mix is not None:
-            images, mixed_targets = self.batch_mix(images, targets)
+        if self.batch_mix is not None:  # the mix of a batch depends on the seed and its place in the run alone
+            with seeded_rng(sample_seed(run_seed(), self.current_epoch, self.global_rank, batch_idx)):
+                images, mixed_targets = self.batch_mix(images, targets)
         logits = self(images)
         loss = F.cross_entropy(logits, mixed_targets, label_smoothing=self.hparams.label_smoothing)
         self.train_metrics.update(logits, targets)
@@ -144,13 +150,45 @@ class ImageClassifier(L.LightningModule):
         return loss
 
     def on_train_epoch_start(self) -> None:
-        """Register the epoch metrics once: Lightning computes, logs and resets them at the epoch's end.
+        self._register_epoch_metrics()
+
+    def on_train_start(self) -> None:
+        """Resumed inside an epoch (where Lightning skips ``on_train_epoch_start``), carry on with the running
+        training metrics the checkpoint saved, and register them for the epoch's end."""
+        resumed, self.resumed_epoch_metrics = self.resumed_epoch_metrics, None
+        if resumed is None or resumed["epoch"] != self.current_epoch:
+            return
+        for name, metric in self._epoch_metrics().items():
+            metric.reset()
+            metric.merge_state({key: value[self.global_rank].to(self.device)
+                                for key, value in resumed["states"][name].items()})
+        self._register_epoch_metrics()
+
+    def _register_epoch_metrics(self) -> None:
+        """Register the epoch metrics once an epoch: Lightning computes, logs and resets them at the epoch's end.
 
         Each ``self.log`` call costs a fraction of a millisecond of host time, against a GPU step of a
         few milliseconds in the fast recipes, so a training step logs only what will be written or shown.
         """
-        self.log("train/loss_epoch", self.train_loss, prog_bar=self._progress_bar_shown())
-        self.log_dict(self.train_metrics)
+        if self.logged_epoch == self.current_epoch:
+            return
+        self.logged_epoch = self.current_epoch
+        self.log("train/loss_epoch", self.train_loss, prog_bar=self._progress_bar_shown(), on_step=False,
+                 on_epoch=True)
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
+
+    def _epoch_metrics(self) -> dict[str, Any]:
+        return {"loss": self.train_loss, **dict(self.train_metrics.items(keep_base=True, copy_state=False))}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep every process's running training metrics, so an epoch resumed from a mid-epoch checkpoint
+        reports the same ``train/acc`` and ``train/loss_epoch`` as an uninterrupted one."""
+        states = {}
+        for name, metric in self._epoch_metrics().items():
+            gathered = {key: self.all_gather(value) for key, value in metric.metric_state.items()}
+            states[name] = {key: (value if self.trainer.world_size > 1 else value[None]).cpu()
+                            for key, value in gathered.items()}
+        checkpoint[EPOCH_METRICS_KEY] = {"epoch": self.current_epoch, "states": states}
 
     def _progress_bar_shown(self) -> bool:
         """A progress bar metric is read back to the host on every step, a device sync."""
@@ -187,6 +225,7 @@ class ImageClassifier(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A checkpoint of another backbone or class count is a clear error, not a state_dict size mismatch."""
+        self.resumed_epoch_metrics = checkpoint.get(EPOCH_METRICS_KEY)
         saved = checkpoint.get("hyper_parameters")
         check_state_dict_fits(
             self,

@@ -9,10 +9,13 @@ import contextlib
 import hashlib
 import importlib.util
 import io
+import json
 import os
 import pickle
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -24,6 +27,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from cifar_lab.cli import main
 from cifar_lab.data.datamodule import CIFAR10DataModule
+from cifar_lab.reporting.runs import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -109,6 +113,43 @@ NO_FIGURES = ["--figures.every_n_epochs", "0", "--figures.first_layer_filters", 
               "0", "--trainer.logger.init_args.log_graph", "false", "--report.curves", "false"]
 SMOKE = ["--config", str(CONFIGS / "simple_cnn.yaml"), "--config", str(CONFIGS / "trainer/cpu.yaml"),
          "--config", str(CONFIGS / "trainer/smoke.yaml"), *TINY_DATA]
+
+
+TIMING_TAGS = ("train/epoch_time_s", "train/images_per_s")
+
+
+def every_n_steps(steps: int) -> list[str]:
+    """Options for a mid-epoch ``last.ckpt`` every ``steps`` optimizer steps (instead of every 10 minutes)."""
+    return ["--mid_epoch_checkpoint.every_n_minutes", "null", "--mid_epoch_checkpoint.every_n_train_steps", str(steps)]
+
+
+def assert_same_scalars(run: Path, reference: Path) -> None:
+    """Every scalar but the timings, at every step, as the readers see it (a step logged twice counts once)."""
+    ours, theirs = load_run(run).scalars, load_run(reference).scalars
+    assert ours.keys() == theirs.keys()
+    for tag in set(theirs) - set(TIMING_TAGS):
+        assert [(e.step, repr(e.value)) for e in ours[tag]] == [(e.step, repr(e.value)) for e in theirs[tag]], tag
+
+
+def pause_at(step: int, marker: Path, during_write: bool = False) -> list[str]:
+    """Options that make the run stop at the checkpoint of ``step`` (see tests/kill_points.py)."""
+    plugin = {"class_path": "tests.kill_points.PausingCheckpointIO",
+              "init_args": {"step": step, "marker": str(marker), "during_write": during_write}}
+    return ["--trainer.plugins", json.dumps(plugin)]
+
+
+def fit_until_killed(cwd: Path, data_dir: Path, *args: str) -> None:
+    """Start ``fit`` with ``args`` (which include a pause_at), SIGKILL it once it pauses there."""
+    marker = cwd / "paused"
+    marker.unlink(missing_ok=True)
+    process = subprocess.Popen([sys.executable, "-m", "cifar_lab", "fit", *args], cwd=cwd, env=cli_env(data_dir),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)  # the whole group: DDP's other process too
+    assert process.wait() == -signal.SIGKILL, process.stderr.read()[-3000:]
 
 
 def cli_env(data_dir: Path, env: dict | None = None) -> dict:

@@ -34,6 +34,13 @@ PLATEAU = ["--model.lr_scheduler", '{"class_path": "torch.optim.lr_scheduler.Red
                      id="val-size-too-large"),
         pytest.param(["--data.train_fraction", "1.5"], "train_fraction must be in (0, 1]", id="train-fraction-above-1"),
         pytest.param(["--data.train_fraction", "0"], "train_fraction must be in (0, 1]", id="train-fraction-0"),
+        pytest.param(["--data.num_workers", "-1"], "num_workers must be >= 0 (0 loads in the training process), got -1",
+                     id="negative-workers"),
+        pytest.param(["--mid_epoch_checkpoint.every_n_minutes", "0"],
+                     "mid_epoch_checkpoint.every_n_minutes must be > 0 (or null), got 0.0", id="mid-epoch-minutes-0"),
+        pytest.param(["--mid_epoch_checkpoint.every_n_train_steps", "5"],
+                     "mid_epoch_checkpoint: set every_n_minutes (10.0) or every_n_train_steps (5), not both",
+                     id="mid-epoch-two-triggers"),
         pytest.param([*PLATEAU, "--model.scheduler_monitor", "val/top1"],
                      "model.scheduler_monitor 'val/top1' is not logged once per epoch; ReduceLROnPlateau can watch "
                      "one of ['train/acc', 'train/loss_epoch', 'val/acc', 'val/loss']",

@@ -1,40 +1,85 @@
+import errno
 import io as io_module
+import os
 import sys
+import tempfile
 from pathlib import Path
 
+import fsspec
 import pytest
 import torch
 import yaml
-from lightning.fabric.plugins.io import torch_io
 
 from cifar_lab.checkpoint_io import AtomicCheckpointIO, check_state_dict_fits
 from cifar_lab.cli import build_cli, main
 from cifar_lab.errors import CheckpointError
+from tests.helpers import NO_FIGURES, SMOKE
 
 
-def test_checkpoint_is_written_whole(tmp_path: Path) -> None:
+def test_checkpoint_is_written_once_beside_its_target_then_renamed_over_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "checkpoints" / "last.ckpt"
+    staging = tmp_path / "system-temp"
+    staging.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(staging))  # where fsspec's local transaction would stage it
+    saves, renames = [], []
+    real_save, real_replace = torch.save, os.replace
+    monkeypatch.setattr(torch, "save", lambda obj, f: (saves.append(f), real_save(obj, f)))
+    monkeypatch.setattr(os, "replace", lambda src, dst: (renames.append((Path(src), Path(dst))), real_replace(src, dst)))
     AtomicCheckpointIO().save_checkpoint({"step": 3, "w": torch.ones(2)}, path)
     assert torch.load(path)["step"] == 3
+    assert len(saves) == 1 and renames == [(path.with_name(".last.ckpt.tmp"), path)]
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"] and not list(staging.iterdir())
+
+
+class FailingWrite(AtomicCheckpointIO):
+    """Writes half of the checkpoint, then fails as ``error`` says (or is interrupted)."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__()
+        self.error = error
+
+    def write(self, checkpoint: dict, file) -> None:
+        buffer = io_module.BytesIO()
+        torch.save(checkpoint, buffer)
+        file.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        raise self.error
+
+
+def test_save_interrupted_half_way_keeps_the_previous_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"step": 1}, path)
+    with pytest.raises(KeyboardInterrupt):
+        FailingWrite(KeyboardInterrupt()).save_checkpoint({"step": 2, "w": torch.ones(1000)}, path)
+    assert torch.load(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_a_full_disk_is_a_one_line_error_naming_the_folder_and_the_previous_checkpoint_loads(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"step": 1, "state_dict": {}}, path)
+    full = FailingWrite(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+    with pytest.raises(CheckpointError) as error:
+        full.save_checkpoint({"step": 2, "state_dict": {"w": torch.ones(1000)}}, path)
+    assert str(error.value) == (f"could not write checkpoint last.ckpt into {path.parent} (No space left on device); "
+                                f"the checkpoints already there are intact: free space or fix the folder, then "
+                                f"resume the run")
+    assert AtomicCheckpointIO().load_checkpoint(path)["step"] == 1
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
 
 
-def test_save_killed_half_way_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "last.ckpt"
-    io = AtomicCheckpointIO()
-    io.save_checkpoint({"step": 1}, path)
-
-    def write_half_then_die(checkpoint: dict, filepath: str) -> None:
-        buffer = io_module.BytesIO()
-        torch.save(checkpoint, buffer)
-        Path(filepath).write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
-        raise KeyboardInterrupt  # as if the process were stopped mid-write
-
-    monkeypatch.setattr(torch_io, "_atomic_save", write_half_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        io.save_checkpoint({"step": 2, "w": torch.ones(1000)}, path)
-    assert torch.load(path)["step"] == 1
-    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+def test_remote_checkpoints_go_through_fsspec(npz_dir: Path, tmp_path: Path) -> None:
+    memory = fsspec.filesystem("memory")
+    dirpath = f"memory://{tmp_path.name}/checkpoints"
+    main(["fit", *SMOKE, *NO_FIGURES, "--data.data_dir", str(npz_dir), "--trainer.logger.init_args.save_dir",
+          str(tmp_path / "runs"), "--checkpoint.dirpath", dirpath, "--mid_epoch_checkpoint.every_n_minutes", "null",
+          "--mid_epoch_checkpoint.every_n_train_steps", "3"])
+    names = sorted(Path(p).name for p in memory.ls(f"/{tmp_path.name}/checkpoints", detail=False))
+    assert names[-1] == "last.ckpt" and len(names) == 2  # the best one and last.ckpt, nothing staged beside them
+    checkpoint = AtomicCheckpointIO().load_checkpoint(f"{dirpath}/last.ckpt")
+    assert checkpoint["global_step"] == 4
+    assert not (tmp_path / "memory:").exists()  # no local folder named after the URL
+    memory.rm(f"/{tmp_path.name}", recursive=True)
 
 
 def test_weights_of_another_shape_are_refused_naming_both_networks() -> None:

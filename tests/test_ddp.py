@@ -3,9 +3,20 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from cifar_lab.cli import main
-from tests.helpers import SMOKE, TEST_SIZE, cifar_lab, read_scalars
+from tests.helpers import (
+    SMOKE,
+    TEST_SIZE,
+    assert_same_scalars,
+    assert_same_weights,
+    cifar_lab,
+    every_n_steps,
+    fit_until_killed,
+    pause_at,
+    read_scalars,
+)
 
 DDP = [*SMOKE, "--config", str(Path(__file__).resolve().parents[1] / "configs/trainer/ddp_cpu.yaml"),
        "--data.batch_size", "16", "--trainer.limit_test_batches", "1.0"]
@@ -44,3 +55,17 @@ def test_ddp_test_accuracy_equals_one_process(ddp_run: Path, npz_dir: Path) -> N
     for tag in ("test/acc", "test/acc_top5", "test/acc_airplane", "test/acc_truck"):
         assert list(read_scalars(two, tag).values()) == list(read_scalars(one, tag).values()), tag
     assert list(read_scalars(two, "test/loss").values()) == pytest.approx(list(read_scalars(one, "test/loss").values()))
+
+
+def test_ddp_run_killed_mid_epoch_resumes_to_the_same_weights_and_scalars(ddp_run: Path, npz_dir: Path,
+                                                                         tmp_path: Path) -> None:
+    """Both processes killed after the mid-epoch checkpoint of step 2 (of 4), then resumed on 2 processes."""
+    fit_until_killed(tmp_path, npz_dir, *DDP, *every_n_steps(2), *pause_at(2, tmp_path / "paused"))
+    run = tmp_path / "runs" / "simple_cnn" / "version_0"
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+    result = cifar_lab("fit", "--resume", "runs/simple_cnn/version_0", "--trainer.plugins", "null", cwd=tmp_path,
+                       data_dir=npz_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    straight = ddp_run / "runs" / "simple_cnn" / "version_0"
+    assert_same_weights(run / "checkpoints" / "last.ckpt", straight / "checkpoints" / "last.ckpt")
+    assert_same_scalars(run, straight)

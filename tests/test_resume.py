@@ -39,7 +39,7 @@ def test_resume_from_the_training_folder_loads_the_run_config_and_keeps_its_path
     assert config["trainer"]["max_epochs"] == 9  # an option after --resume overrides the run's config
     logger = config["trainer"]["logger"]["init_args"]
     assert (logger["save_dir"], logger["name"], logger["version"]) == ("runs", "simple_cnn", "version_3")
-    assert config["checkpoint"]["enable_version_counter"] is True
+    assert config["checkpoint"]["enable_version_counter"] is False  # last.ckpt is shared with mid_epoch_checkpoint
     assert "resume" not in config  # a saved config.yaml never resumes when the run is repeated
 
 

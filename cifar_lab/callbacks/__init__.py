@@ -7,6 +7,7 @@ from cifar_lab.callbacks.finetune import HeadFirstFinetuning
 from cifar_lab.callbacks.gradient_norms import GradientNorms
 from cifar_lab.callbacks.hparams import HpMetric, SaveConfigAsHparams
 from cifar_lab.callbacks.lookahead import Lookahead
+from cifar_lab.callbacks.mid_epoch_checkpoint import MidEpochCheckpoint
 from cifar_lab.callbacks.non_finite import NonFiniteGuard
 from cifar_lab.callbacks.prediction_writer import CSVPredictionWriter
 from cifar_lab.callbacks.random_state import RandomStateCheckpoint
@@ -15,4 +16,5 @@ from cifar_lab.callbacks.speed import EpochSpeed
 from cifar_lab.callbacks.whitening import PatchWhitening
 
 __all__ = ["CSVPredictionWriter", "EpochSpeed", "FigureLogger", "GradientNorms", "HeadFirstFinetuning", "HpMetric",
-           "Lookahead", "NonFiniteGuard", "PatchWhitening", "RandomStateCheckpoint", "RunReport", "SaveConfigAsHparams"]
+           "Lookahead", "MidEpochCheckpoint", "NonFiniteGuard",
+           "PatchWhitening", "RandomStateCheckpoint", "RunReport", "SaveConfigAsHparams"]

@@ -15,7 +15,6 @@ import sys
 import warnings
 
 import torch
-from fsspec.utils import get_protocol
 from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -28,12 +27,13 @@ from cifar_lab.callbacks import (
     EpochSpeed,
     FigureLogger,
     HpMetric,
+    MidEpochCheckpoint,
     NonFiniteGuard,
     RandomStateCheckpoint,
     RunReport,
     SaveConfigAsHparams,
 )
-from cifar_lab.checkpoint_io import AtomicCheckpointIO, load_checkpoint_file
+from cifar_lab.checkpoint_io import AtomicCheckpointIO, is_local, load_checkpoint_file
 from cifar_lab.cli.checks import check_fit_config, check_precision
 from cifar_lab.cli.resume import ResumeRun
 from cifar_lab.data import CIFAR10DataModule
@@ -45,7 +45,6 @@ from cifar_lab.tools import PARENT_PID_ENV, TOOLS, tool_main
 DEBUG_ENV = "CIFAR_LAB_DEBUG"
 PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
 CKPT_ALIASES = {"last", "best", "hpc"}  # ckpt_path values Lightning resolves itself
-LOCAL_PROTOCOLS = {"file", "local"}  # fsspec's names for the local file system
 LIGHTNING_INFO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
 CHATTER = ("💡 Tip:", "TPU available:", "HPU available:")
 
@@ -65,7 +64,10 @@ class CifarLabCLI(LightningCLI):
             "checkpoint.save_last": True,
             "checkpoint.filename": "epoch{epoch:03d}-val_acc{val/acc:.4f}",
             "checkpoint.auto_insert_metric_name": False,
+            "checkpoint.enable_version_counter": False,  # last.ckpt is shared with mid_epoch_checkpoint
         })
+        parser.add_lightning_class_args(MidEpochCheckpoint, "mid_epoch_checkpoint")
+        parser.link_arguments("checkpoint.dirpath", "mid_epoch_checkpoint.dirpath")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.add_lightning_class_args(CSVPredictionWriter, "predictions")
         parser.add_lightning_class_args(NonFiniteGuard, "non_finite_guard")
@@ -91,7 +93,7 @@ class CifarLabCLI(LightningCLI):
             super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt_path and ckpt_path not in CKPT_ALIASES and get_protocol(str(ckpt_path)) in LOCAL_PROTOCOLS:
+        if ckpt_path and ckpt_path not in CKPT_ALIASES and is_local(ckpt_path):
             load_checkpoint_file(ckpt_path)
 
     def before_instantiate_classes(self) -> None:
@@ -101,6 +103,7 @@ class CifarLabCLI(LightningCLI):
             set_threads(config.threads)
         if self.subcommand == "fit":
             check_fit_config(config)
+            checkpoint_after_validation(config)
         logger = config.trainer.logger
         init_args = getattr(logger, "init_args", None)
         if init_args is not None and "name" in init_args and init_args.name is None:
@@ -135,6 +138,18 @@ class CifarLabCLI(LightningCLI):
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
+
+
+def checkpoint_after_validation(config: Namespace) -> None:
+    """Save the epoch's checkpoints after its validation, unless the config chose otherwise.
+
+    Lightning's default for a run validating every epoch is to save in ``on_train_epoch_end``, before it logs
+    the epoch's training metrics: a run resumed from there would never log them. Saved after validation,
+    the resumed run finishes the epoch's end itself, with the running metrics the checkpoint kept.
+    """
+    validates = config.data.val_size != 0 and config.trainer.limit_val_batches != 0
+    if validates and config.checkpoint.save_on_train_epoch_end is None:
+        config.checkpoint.save_on_train_epoch_end = False
 
 
 def set_threads(threads: int) -> None:

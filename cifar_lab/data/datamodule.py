@@ -16,6 +16,7 @@ from cifar_lab.data import sources
 from cifar_lab.data.augment import Erasing, Normalization, build_transform
 from cifar_lab.data.device_loader import NO_AUGMENT, BatchAugment, DeviceLoader
 from cifar_lab.data.image_files import load_images
+from cifar_lab.data.resumable import ResumableDataLoader, SampleKey, SeededSampler, run_seed, sample_seed, seeded_rng
 from cifar_lab.errors import ConfigError
 
 DATA_DIR_ENV = "CIFAR_LAB_DATA"
@@ -25,7 +26,11 @@ BATCH_PRESETS = {"none": NO_AUGMENT, "standard": BatchAugment(padding=4, padding
 
 
 class ImageArrayDataset(Dataset):
-    """Images held as one uint8 [N,3,H,W] tensor; each item goes through a v2 transform."""
+    """Images held as one uint8 [N,3,H,W] tensor; each item goes through a v2 transform.
+
+    An item asked for by a ``SampleKey`` (the training loader's) is augmented under a generator seeded
+    from that key, so its augmentation is the same in any worker process and after a resume.
+    """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: v2.Transform) -> None:
         self.images = images
@@ -35,8 +40,12 @@ class ImageArrayDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.transform(tv_tensors.Image(self.images[index])), int(self.labels[index])
+    def __getitem__(self, key: int | SampleKey) -> tuple[torch.Tensor, int]:
+        if isinstance(key, int):
+            return self.transform(tv_tensors.Image(self.images[key])), int(self.labels[key])
+        index = key[-1]
+        with seeded_rng(sample_seed(*key)):
+            return self.transform(tv_tensors.Image(self.images[index])), int(self.labels[index])
 
 
 def class_balanced_subset(indices: torch.Tensor, labels: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -64,7 +73,10 @@ class CIFAR10DataModule(L.LightningDataModule):
             ``$CIFAR_LAB_DATA`` or ``./data``, so one config runs on machines with different layouts.
         download: fetch the dataset with torchvision if it is not on disk.
         batch_size: images per batch on each device.
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes. A training image's augmentation depends on the run's seed, the
+            epoch and the image alone, so any number of workers (persistent or not) gives the same batches.
+        persistent_workers: keep the workers alive between epochs (with ``num_workers > 0``): no start-up cost
+            per epoch, at the price of their memory between epochs.
         pin_memory: page-locked host memory for faster copies to a GPU.
         val_size: training images held out for validation (the test split is never used for it).
         split_seed: seed of the train/val split, independent of the run's seed.
@@ -99,6 +111,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         download: bool = True,
         batch_size: int = 128,
         num_workers: int = 4,
+        persistent_workers: bool = True,
         pin_memory: bool = False,
         val_size: int = 5000,
         split_seed: int = 0,
@@ -125,6 +138,8 @@ class CIFAR10DataModule(L.LightningDataModule):
                               f"got {train_fraction}")
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        if num_workers < 0:
+            raise ConfigError(f"num_workers must be >= 0 (0 loads in the training process), got {num_workers}")
         self.save_hyperparameters(ignore=["channels_last"])  # deprecated; the model's hparam of that name rules
         self.data_dir = Path(data_dir if data_dir is not None else default_data_dir()).expanduser()
         self.train_transform = build_transform(augment, train=True, erasing=erasing, normalization=normalize)
@@ -188,15 +203,16 @@ class CIFAR10DataModule(L.LightningDataModule):
         if self.hparams.loader == "device":
             return self._device_loader(split, train, batch_size)
         workers = self.hparams.num_workers
-        return DataLoader(
-            self.datasets[split],
-            batch_size=batch_size,
-            shuffle=train,
-            num_workers=workers,
-            pin_memory=self.hparams.pin_memory,
-            persistent_workers=workers > 0,
-            drop_last=train and self.hparams.drop_last,
-        )
+        options = {"num_workers": workers, "pin_memory": self.hparams.pin_memory,
+                   "persistent_workers": workers > 0 and self.hparams.persistent_workers}
+        if train:
+            trainer = self.trainer
+            sampler = SeededSampler(len(self.datasets[split]), num_replicas=trainer.world_size if trainer else 1,
+                                    rank=trainer.global_rank if trainer else 0, shuffle=True, seed=run_seed())
+            return ResumableDataLoader(self.datasets[split], sampler, batch_size, drop_last=self.hparams.drop_last,
+                                       **options)
+        # Its own generator: creating its iterator then draws nothing from the global one that training uses.
+        return DataLoader(self.datasets[split], batch_size=batch_size, generator=torch.Generator(), **options)
 
     def _device_loader(self, split: str, train: bool, batch_size: int) -> DeviceLoader:
         trainer = self.trainer
@@ -213,7 +229,7 @@ class CIFAR10DataModule(L.LightningDataModule):
             augment=self.batch_augment if train else NO_AUGMENT,
             shuffle=train,
             drop_last=train and self.hparams.drop_last,
-            seed=torch.initial_seed() % 2**31,  # the run's seed, as set by seed_everything
+            seed=run_seed(),
             rank=trainer.global_rank if trainer else 0,
             world_size=trainer.world_size if trainer else 1,
             dtype=DTYPES[self.hparams.dtype],

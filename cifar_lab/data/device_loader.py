@@ -19,6 +19,7 @@ from torch.utils.data import DistributedSampler
 from torchvision.transforms.v2 import functional as TF
 
 from cifar_lab.data.augment import normalization_stats
+from cifar_lab.data.resumable import EpochPosition, sample_seed
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,12 @@ def normalize(images: Tensor, normalization: str = "dataset") -> Tensor:
     return TF.normalize(TF.to_dtype(images, torch.float32, scale=True), list(mean), list(std))
 
 
-class DeviceLoader:
+class DeviceLoader(EpochPosition):
     """Iterable of ``(images, labels)`` batches from uint8 ``[N,3,32,32]`` images already on their device.
+
+    Each batch's augmentation draws from a generator seeded by (seed, epoch, rank, batch number), and the
+    loader keeps its place in the epoch for Lightning's checkpoints, so a resumed run continues mid-epoch
+    with exactly the batches it would have had.
 
     Args:
         images, labels: the whole split (moved to the device by the caller, once).
@@ -80,7 +85,7 @@ class DeviceLoader:
         augment: batch augmentation (``NO_AUGMENT`` for val/test).
         shuffle: a new seeded permutation each epoch.
         drop_last: drop the last, smaller batch.
-        seed: base seed of the order and the augmentation (epoch ``e`` uses ``seed + e``).
+        seed: base seed of the order (epoch ``e`` shuffles with ``seed + e``) and of the augmentation.
         rank, world_size: this process's shard under DDP.
         dtype: dtype of the image batches.
         normalization: a ``data.normalize`` choice (``cifar_lab.data.augment.NORMALIZATIONS``).
@@ -102,6 +107,7 @@ class DeviceLoader:
         dtype: torch.dtype = torch.float32,
         normalization: str = "dataset",
     ) -> None:
+        super().__init__(world_size)
         self.images, self.labels = images, labels
         self.normalization = normalization
         self.batch_size, self.augment, self.drop_last = batch_size, augment, drop_last
@@ -134,11 +140,17 @@ class DeviceLoader:
         return images
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        # A generator: the epoch is read at the first batch, after Lightning has set it.
+        epoch = self.sampler.epoch
+        start = self.start_batch(epoch)
+        yield from self.counted(self._batches(epoch, start), epoch, start)
+
+    def _batches(self, epoch: int, start: int) -> Iterator[tuple[Tensor, Tensor]]:
         order = torch.tensor(list(self.sampler), dtype=torch.int64)
-        generator = torch.Generator().manual_seed(self.sampler.seed + self.sampler.epoch + 1)
         device = self.images.device
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            indices = order[start : start + self.batch_size]
+        for batch in range(start, len(self)):
+            indices = order[batch * self.batch_size : (batch + 1) * self.batch_size]
             on_device = indices.to(device, non_blocking=True)
+            generator = torch.Generator().manual_seed(sample_seed(self.sampler.seed, epoch, self.sampler.rank, batch))
             images = self._augment(self.images[on_device], indices, generator)
             yield images.to(self.dtype), self.labels[on_device]
