@@ -1,8 +1,8 @@
 """Checkpoints written atomically and read safely.
 
-Writing: a run killed while saving never leaves a truncated file, and remote paths are Lightning's. Reading: ``torch.load`` with
-``weights_only=True`` (tensors and plain containers only, so a crafted file cannot run code), and
-every way a file can be unusable (missing, truncated, foreign, another network) is a one-line
+Writing: a run killed while saving never leaves a truncated file, and remote paths are Lightning's.
+Reading: ``torch.load`` with ``weights_only=True`` (tensors and plain containers only, so a crafted file
+cannot run code), and every way a file can be unusable (missing, truncated, foreign, another network) is a one-line
 ``CheckpointError`` instead of a traceback from deep inside torch.
 """
 

@@ -22,6 +22,7 @@ from cifar_lab.schedules import build_scheduler
 # Checkpoint key of the running training metrics of the epoch the checkpoint was saved in.
 EPOCH_METRICS_KEY = "train_epoch_metrics"
 
+
 def accuracy_metrics(num_classes: int, prefix: str, top5: bool = True) -> MetricCollection:
     """Top-1 (plain accuracy, micro average) and, when asked and there are enough classes, top-5.
 
@@ -155,6 +156,7 @@ class ImageClassifier(L.LightningModule):
     def on_train_start(self) -> None:
         """Resumed inside an epoch (where Lightning skips ``on_train_epoch_start``), carry on with the running
         training metrics the checkpoint saved, and register them for the epoch's end."""
+        self.logged_epoch = -1  # a new fit of this module registers its epochs afresh
         resumed, self.resumed_epoch_metrics = self.resumed_epoch_metrics, None
         if resumed is None or resumed["epoch"] != self.current_epoch:
             return
@@ -162,6 +164,7 @@ class ImageClassifier(L.LightningModule):
             metric.reset()
             metric.merge_state({key: value[self.global_rank].to(self.device)
                                 for key, value in resumed["states"][name].items()})
+            metric._update_count = 1  # restored, not empty: torchmetrics would warn that compute() came first
         self._register_epoch_metrics()
 
     def _register_epoch_metrics(self) -> None:

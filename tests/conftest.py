@@ -14,6 +14,17 @@ from tests.worktree import files_in
 WORKTREE_FILES = pytest.StashKey[set[Path]]()
 
 
+# The slowest test files, slowest first: they start first, so the two pytest-xdist workers (a whole file each,
+# --dist loadfile) end at about the same time instead of one running a long file alone at the end.
+SLOWEST_FILES = ("test_sweep.py", "test_experiments.py", "test_reliability.py", "test_ddp.py", "test_cli.py",
+                 "test_dashboards.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: position for position, name in enumerate(SLOWEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its order
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     session.config.stash[WORKTREE_FILES] = files_in(ROOT)
 

@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import Callback, StochasticWeightAveraging
 
 from cifar_lab.cli import build_cli
 from cifar_lab.data import CIFAR10DataModule
+from cifar_lab.data.resumable import sample_seed, seeded_rng
 from cifar_lab.module import ImageClassifier
 from tests.helpers import tiny_trainer
 
@@ -24,9 +25,11 @@ def tiny_data(npz_dir: Path) -> CIFAR10DataModule:
 
 class RecordLabels(Callback):
     def __init__(self) -> None:
+        self.images: list[torch.Tensor] = []
         self.labels: list[torch.Tensor] = []
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        self.images.append(batch[0].clone())
         self.labels.append(batch[1].clone())
 
 
@@ -49,7 +52,10 @@ def test_mixed_batches_train_on_soft_targets_and_count_accuracy_on_the_hard_labe
     trainer = tiny_trainer(max_steps=3, limit_val_batches=0, callbacks=[batches])
     trainer.fit(model, tiny_data(npz_dir))
     assert trainer.global_step == len(losses) == len(metric_targets) == len(batches.labels) == 3
-    for (soft, options, _), hard, labels in zip(losses, metric_targets, batches.labels):
+    for step, ((soft, options, _), hard, images, labels) in enumerate(
+            zip(losses, metric_targets, batches.images, batches.labels)):
+        with seeded_rng(sample_seed(0, 0, 0, step)):  # the mix is the seed's, the epoch's and the batch's alone
+            assert torch.equal(model.batch_mix(images, labels)[1], soft)
         assert options == {"label_smoothing": 0.1}
         assert soft.shape == (32, 10) and soft.dtype == torch.float32
         torch.testing.assert_close(soft.sum(dim=1), torch.ones(32))
