@@ -16,8 +16,8 @@ WORKTREE_FILES = pytest.StashKey[set[Path]]()
 
 # The slowest test files, slowest first: they start first, so the two pytest-xdist workers (a whole file each,
 # --dist loadfile) end at about the same time instead of one running a long file alone at the end.
-SLOWEST_FILES = ("test_sweep.py", "test_experiments.py", "test_reliability.py", "test_ddp.py", "test_cli.py",
-                 "test_dashboards.py")
+SLOWEST_FILES = ("test_sweep.py", "test_configs.py", "test_reliability.py", "test_cli.py", "test_experiments.py",
+                 "test_ddp.py", "test_models.py", "test_dashboards.py", "test_docs.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

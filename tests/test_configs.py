@@ -31,6 +31,7 @@ ADD_ONS = [path for path in STANDALONE if path not in RECIPES]
 SUITES = [load_suite(name, EXPERIMENTS) for name in suite_names(EXPERIMENTS)]
 BIG = {"densenet121.yaml"}
 TINY_DATA = ["--data.batch_size", "4", "--data.num_workers", "0", "--data.val_size", "50"]
+ONE_BATCH = ["--trainer.fast_dev_run", "1", "--trainer.enable_model_summary", "false"]  # the summary's forward: ~0.4 s
 
 
 @pytest.fixture(autouse=True)
@@ -112,7 +113,7 @@ def test_recipe_trains_one_batch_on_tiny_data(recipe: Path, npz_dir: Path, tmp_p
     monkeypatch.chdir(tmp_path)
     save_pretrained_weights(yaml.safe_load(recipe.read_text())["model"])
     cli = build_cli(["fit", "--config", str(recipe), "--config", str(CONFIGS / "trainer/cpu.yaml"),
-                     "--trainer.fast_dev_run", "1", "--data.data_dir", str(npz_dir), *TINY_DATA])
+                     *ONE_BATCH, "--data.data_dir", str(npz_dir), *TINY_DATA])
     assert cli.trainer.state.finished
     assert cli.trainer.global_step == 1
     assert cli.model.hparams.backbone == yaml.safe_load(recipe.read_text())["model"]["backbone"]
@@ -155,9 +156,8 @@ def test_experiment_variant_trains_one_batch_on_tiny_data(suite: Suite, variant:
     model = {**yaml.safe_load(suite.base.read_text())["model"],
              **yaml.safe_load(suite.variants[variant].read_text()).get("model", {})}
     save_pretrained_weights(model)
-    command = fit_command(suite, variant, seed=0, epochs=None, extra=["--trainer.fast_dev_run", "1",
-                                                                      "--trainer.accelerator", "cpu", "--data.data_dir",
-                                                                      str(npz_dir), *TINY_DATA])
+    command = fit_command(suite, variant, seed=0, epochs=None, extra=[*ONE_BATCH, "--trainer.accelerator", "cpu",
+                                                                      "--data.data_dir", str(npz_dir), *TINY_DATA])
     cli = build_cli(command[1:])
     assert cli.trainer.state.finished and cli.trainer.global_step == 1
     assert cli.model.hparams.backbone == model["backbone"]

@@ -12,6 +12,7 @@ import yaml
 
 from cifar_lab.cli import main
 from cifar_lab.module import EPOCH_METRICS_KEY
+from cifar_lab.reporting.runs import load_run
 from tests.helpers import (
     CONFIGS,
     TINY_DATA,
@@ -101,6 +102,17 @@ def test_device_loader_run_killed_mid_epoch_resumes_bit_identically(npz_dir: Pat
     main(["fit", "--resume", str(run), "--trainer.plugins", "null", "--data.data_dir", str(npz_dir)])
     assert_same_weights(run / "checkpoints/last.ckpt", straight / "checkpoints/last.ckpt")
     assert_same_scalars(run, straight)
+
+
+def test_compare_reads_a_run_whose_last_event_file_a_kill_cut_off(straight_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "simple_cnn" / "version_0"
+    shutil.copytree(straight_run, run)
+    [events] = run.glob("events.out.tfevents.*")
+    whole = load_run(run).values("val/acc")
+    events.write_bytes(events.read_bytes()[:-7])  # the kill came in the middle of the last record
+    assert load_run(run).values("val/acc") == whole[: len(load_run(run).values("val/acc"))] != []
+    main(["compare", str(run), "--out", str(tmp_path / "table"), "--per-run"])
+    assert "simple_cnn" in (tmp_path / "table" / "comparison.md").read_text()
 
 
 def test_a_full_disk_ends_the_run_with_one_line_naming_the_folder_and_keeps_the_last_checkpoint(
