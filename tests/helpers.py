@@ -23,6 +23,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cifar_lab.cli import main
@@ -150,6 +151,14 @@ def fit_until_killed(cwd: Path, data_dir: Path, *args: str) -> None:
         time.sleep(0.02)
     os.killpg(process.pid, signal.SIGKILL)  # the whole group: DDP's other process too
     assert process.wait() == -signal.SIGKILL, process.stderr.read()[-3000:]
+
+
+def asked_config_in_process(command: list[str]) -> dict:
+    """What ``experiment.asked_config`` (a ``fit --print_config`` subprocess) returns, in this process: for the
+    suite and sweep drivers that tests run in-process (the tests of a driver in a subprocess run the real one)."""
+    with contextlib.redirect_stdout(io.StringIO()) as out, pytest.raises(SystemExit):
+        main([*command[1:], "--print_config"])
+    return yaml.safe_load(out.getvalue())
 
 
 def cli_env(data_dir: Path, env: dict | None = None) -> dict:

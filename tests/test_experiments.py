@@ -22,7 +22,7 @@ from cifar_lab.errors import ExperimentFailedError
 from cifar_lab.reporting.runs import load_run
 from cifar_lab.tools import experiment
 from cifar_lab.tools.experiment import load_suite, parse_seeds, run_suite
-from tests.helpers import CONFIGS, NO_FIGURES, ROOT, TINY_DATA, cli_env
+from tests.helpers import CONFIGS, NO_FIGURES, ROOT, TINY_DATA, asked_config_in_process, cli_env
 
 EXPERIMENTS = CONFIGS / "experiments"
 SCRIPT = ROOT / "scripts" / "run_experiment.py"
@@ -129,13 +129,6 @@ class FinishedSuite:
 
 
 SUITE_OPTIONS: dict[str, Any] = {"seeds": (0, 1), "epochs": 2}
-
-
-def asked_config_in_process(command: list[str]) -> dict[str, Any]:
-    """``experiment.asked_config`` without its subprocess (the killed-suite test runs the real one)."""
-    with contextlib.redirect_stdout(io.StringIO()) as out, pytest.raises(SystemExit):
-        main([*command[1:], "--print_config"])
-    return yaml.safe_load(out.getvalue())
 
 
 @contextlib.contextmanager

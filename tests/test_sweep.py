@@ -21,8 +21,9 @@ from cifar_lab.cli import main
 from cifar_lab.errors import ConfigError
 from cifar_lab.reporting.runs import RunFolder
 from cifar_lab.tools.search_space import check_options, load_space
+from cifar_lab.tools import sweep as sweep_module
 from cifar_lab.tools.sweep import Objective, parser, sweep_from
-from tests.helpers import CONFIGS, NO_FIGURES, TINY_DATA, cli_env, one_line_error
+from tests.helpers import CONFIGS, NO_FIGURES, TINY_DATA, asked_config_in_process, cli_env, one_line_error
 
 SPACE = {"model.optimizer.init_args.lr": {"float": [1.0e-3, 0.1], "log": True},
          "model.label_smoothing": {"float": [0.0, 0.3]}}
@@ -43,6 +44,7 @@ def run_sweep(folder: Path, data_dir: Path, *options: str, space: Path | None = 
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(io.StringIO()) as out, \
             contextlib.redirect_stderr(io.StringIO()) as err:
         patch.chdir(folder)
+        patch.setattr(sweep_module, "asked_config", asked_config_in_process)
         for name, value in cli_env(data_dir).items():  # the trials' processes run this checkout on the tiny data
             patch.setenv(name, value)
         try:
