@@ -206,9 +206,9 @@ class CIFAR10DataModule(L.LightningDataModule):
         options = {"num_workers": workers, "pin_memory": self.hparams.pin_memory,
                    "persistent_workers": workers > 0 and self.hparams.persistent_workers}
         if train:
-            trainer = self.trainer
-            sampler = SeededSampler(len(self.datasets[split]), num_replicas=trainer.world_size if trainer else 1,
-                                    rank=trainer.global_rank if trainer else 0, shuffle=True, seed=run_seed())
+            rank, world_size = self._shard()
+            sampler = SeededSampler(len(self.datasets[split]), num_replicas=world_size, rank=rank, shuffle=True,
+                                    seed=run_seed())
             return ResumableDataLoader(self.datasets[split], sampler, batch_size, drop_last=self.hparams.drop_last,
                                        **options)
         # Its own generator: creating its iterator then draws nothing from the global one that training uses.
@@ -230,11 +230,15 @@ class CIFAR10DataModule(L.LightningDataModule):
             shuffle=train,
             drop_last=train and self.hparams.drop_last,
             seed=run_seed(),
-            rank=trainer.global_rank if trainer else 0,
-            world_size=trainer.world_size if trainer else 1,
+            rank=self._shard()[0],
+            world_size=self._shard()[1],
             dtype=DTYPES[self.hparams.dtype],
             normalization=self.hparams.normalize,
         )
+
+    def _shard(self) -> tuple[int, int]:
+        """(rank, process count) of this process's share of the training images."""
+        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
 
     def train_dataloader(self) -> DataLoader | DeviceLoader:
         return self._loader("train", train=True)

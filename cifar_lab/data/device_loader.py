@@ -107,7 +107,7 @@ class DeviceLoader(EpochPosition):
         dtype: torch.dtype = torch.float32,
         normalization: str = "dataset",
     ) -> None:
-        super().__init__(world_size)
+        super().__init__()
         self.images, self.labels = images, labels
         self.normalization = normalization
         self.batch_size, self.augment, self.drop_last = batch_size, augment, drop_last

@@ -50,19 +50,21 @@ class EpochPosition:
     Lightning saves the state of every training loader with a ``state_dict``/``load_state_dict`` in its
     checkpoints (mid-epoch ones included) and loads it back before the resumed epoch's first batch. Lightning
     reads sized loaders one batch at a time, so the batches handed out are exactly the batches trained on.
+    The loader's ``sampler`` is a ``DistributedSampler``: its ``num_replicas`` is the process count saved.
     """
 
-    def __init__(self, world_size: int) -> None:
-        self.world_size = world_size
+    sampler: DistributedSampler
+
+    def __init__(self) -> None:
         self.position = (0, 0)  # (epoch, batches handed out in it)
         self.resume_at: tuple[int, int] | None = None
 
     def state_dict(self) -> dict[str, Any]:
         epoch, batches = self.position
-        return {"epoch": epoch, "batches": batches, "world_size": self.world_size}
+        return {"epoch": epoch, "batches": batches, "world_size": self.sampler.num_replicas}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["world_size"] != self.world_size and 0 < state["batches"] < len(self):
+        if state["world_size"] != self.sampler.num_replicas and 0 < state["batches"] < len(self):
             raise ConfigError(f"this checkpoint was saved in the middle of an epoch by {state['world_size']} "
                               f"process(es); resume it with trainer.devices/num_nodes giving {state['world_size']} "
                               f"processes, or from a checkpoint saved at an epoch's end")
@@ -107,7 +109,7 @@ class ResumableDataLoader(EpochPosition, DataLoader):
     def __init__(self, dataset: Any, sampler: SeededSampler, batch_size: int, **kwargs: Any) -> None:
         DataLoader.__init__(self, dataset, batch_size=batch_size, sampler=sampler,
                             generator=torch.Generator().manual_seed(sampler.seed), **kwargs)
-        EpochPosition.__init__(self, sampler.num_replicas)
+        EpochPosition.__init__(self)
 
     def __len__(self) -> int:
         return DataLoader.__len__(self)
