@@ -13,10 +13,12 @@ from torchmetrics import ClasswiseWrapper, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from cifar_lab.checkpoint_io import check_state_dict_fits, load_checkpoint_file
-from cifar_lab.data.augment import batch_mix
+from cifar_lab.data.augment import ChannelStats, batch_mix, normalization_stats
 from cifar_lab.data.resumable import run_seed, sample_seed, seeded_rng
+from cifar_lab.data.sources import RELEASES
 from cifar_lab.models import create
 from cifar_lab.optim import apply_group_scales, parameter_groups
+from cifar_lab.reporting.calibration import calibration_error
 from cifar_lab.schedules import build_scheduler
 
 # Checkpoint key of the running training metrics of the epoch the checkpoint was saved in.
@@ -44,6 +46,8 @@ class ImageClassifier(L.LightningModule):
         backbone_kwargs: extra keyword arguments for the backbone factory.
         num_classes: linked from the DataModule.
         class_names: linked from the DataModule; names the per-class test accuracies.
+        input_stats: linked from the DataModule: the per-channel (mean, std) its images are normalised with. Kept
+            in the checkpoint, so inference tools (``export``, ``visualize``, ``robustness``) normalise as training did.
         optimizer: factory ``params -> Optimizer``, e.g. SGD or AdamW from YAML.
         lr_scheduler: factory ``optimizer -> scheduler``; ``T_max``/``total_steps`` default to the
             length of training in ``scheduler_interval`` units.
@@ -74,6 +78,7 @@ class ImageClassifier(L.LightningModule):
         backbone_kwargs: dict[str, Any] | None = None,
         num_classes: int = 10,
         class_names: list[str] | None = None,
+        input_stats: ChannelStats | None = None,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Literal["epoch", "step"] = "epoch",
@@ -109,12 +114,14 @@ class ImageClassifier(L.LightningModule):
         self.test_metrics = accuracy_metrics(num_classes, "test/")
         self.test_per_class = ClasswiseWrapper(MulticlassAccuracy(num_classes, average="none"), self.class_names,
                                                prefix="test/acc_")
+        self.test_ece = calibration_error(num_classes)  # test/ece; FigureLogger and RunReport draw its bins
         if channels_last:
             self.backbone.to(memory_format=torch.channels_last)
         if compile_mode is not None:
             self.backbone.compile(mode=compile_mode)  # in place: state_dict keys stay the same
         self.example_input_array = torch.zeros(2, 3, 32, 32)  # for the model summary and TensorBoard's graph
-        self.input_normalization = "dataset"  # the data's normalize, for inference tools (load_classifier sets it)
+        self.input_stats = input_stats  # load_classifier fills it in for checkpoints older than this hparam
+        self.data_hparams: dict[str, Any] = {}  # load_classifier: the DataModule arguments of the checkpoint
         self.logged_epoch = -1  # the epoch whose epoch metrics are registered with self.log
         self.resumed_epoch_metrics: dict[str, Any] | None = None
 
@@ -217,11 +224,15 @@ class ImageClassifier(L.LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         logits = self._evaluate(batch, "test", self.test_metrics)
         self.test_per_class.update(logits, batch[1])
+        self.test_ece.update(logits.softmax(dim=1), batch[1])
         return logits
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_per_class.compute())
+        """Log and reset the per-class accuracies and the ECE; Lightning runs the callbacks' ``on_test_epoch_end``
+        first, so the reliability diagrams are drawn from the full metric."""
+        self.log_dict({**self.test_per_class.compute(), "test/ece": self.test_ece.compute()})
         self.test_per_class.reset()
+        self.test_ece.reset()
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self.predict_logits(batch[0]).softmax(dim=1)
@@ -255,8 +266,9 @@ class ImageClassifier(L.LightningModule):
 
 
 def load_classifier(ckpt_path: str | Path) -> ImageClassifier:
-    """A checkpoint's model in eval mode on the CPU, for inference (``export``, ``visualize``), with
-    ``input_normalization``: the ``data.normalize`` it was trained with (``dataset`` for checkpoints older than it).
+    """A checkpoint's model in eval mode on the CPU, for inference (``export``, ``visualize``, ``robustness``), with
+    ``input_stats`` (for a checkpoint older than that hparam: its ``data.normalize`` of CIFAR-10, the only dataset
+    then) and ``data_hparams``: the DataModule's arguments it was trained with.
 
     The file is read by ``load_checkpoint_file`` (``weights_only=True``), as ``test`` and ``predict`` read it
     through the CLI's checkpoint IO; keys that LightningCLI adds for its own re-instantiation start with ``_``.
@@ -266,5 +278,8 @@ def load_classifier(ckpt_path: str | Path) -> ImageClassifier:
     model = ImageClassifier(**{key: value for key, value in saved.items() if not key.startswith("_")})
     model.on_load_checkpoint(checkpoint)
     model.load_state_dict(checkpoint["state_dict"])
-    model.input_normalization = (checkpoint.get("datamodule_hyper_parameters") or {}).get("normalize", "dataset")
+    model.data_hparams = checkpoint.get("datamodule_hyper_parameters") or {}
+    if model.input_stats is None:
+        normalization = model.data_hparams.get("normalize", "dataset")
+        model.input_stats = normalization_stats(normalization, RELEASES["cifar10"].stats)
     return model.eval()

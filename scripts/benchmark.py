@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from cifar_lab.cli import CifarLabCLI, build_cli
-from cifar_lab.data import CIFAR10DataModule
+from cifar_lab.data import ImageDataModule
 from cifar_lab.data.datamodule import ImageArrayDataset
 from cifar_lab.models import create
 
@@ -74,8 +74,8 @@ def drain(batches: Iterable, device: torch.device, limit: int) -> tuple[int, flo
     return images, time.perf_counter() - start
 
 
-def datamodule(args: argparse.Namespace, **kwargs) -> CIFAR10DataModule:
-    dm = CIFAR10DataModule(args.data_dir, download=False, batch_size=args.batch_size, **kwargs)
+def datamodule(args: argparse.Namespace, **kwargs) -> ImageDataModule:
+    dm = ImageDataModule(args.data_dir, download=False, batch_size=args.batch_size, **kwargs)
     dm.prepare_data()
     dm.setup("fit")
     return dm

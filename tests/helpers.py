@@ -15,6 +15,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import ModuleType
@@ -27,12 +28,16 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cifar_lab.cli import main
-from cifar_lab.data.datamodule import CIFAR10DataModule
+from cifar_lab.data.sources import (
+    CIFAR10_CLASSES,
+    CIFAR100_CLASSES,
+    CIFAR100_COARSE_CLASSES,
+)
 from cifar_lab.reporting.runs import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
-CLASSES = CIFAR10DataModule.classes
+CLASSES = CIFAR10_CLASSES
 TRAIN_PER_BATCH = 40  # 5 batch files -> 200 training images
 TEST_SIZE = 60
 
@@ -59,6 +64,25 @@ def write_npz(folder: Path, n_train: int = 300, n_test: int = TEST_SIZE) -> Path
     return path
 
 
+def cifar100_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """n images with CIFAR-100 fine labels (0-99) and coarse labels (0-19, here fine % 20)."""
+    images, _ = make_images(n, seed)
+    fine = np.random.default_rng(seed).integers(0, len(CIFAR100_CLASSES), n).astype(np.int64)
+    return images, fine, fine % len(CIFAR100_COARSE_CLASSES)
+
+
+def write_cifar100_npz(folder: Path, n_train: int = 300, n_test: int = TEST_SIZE) -> Path:
+    """The array cache of CIFAR-100, both label sets (as ``sources.read_batches`` writes it)."""
+    (train_images, train_fine, train_coarse), (test_images, test_fine, test_coarse) = (
+        cifar100_images(n_train, seed=1), cifar100_images(n_test, seed=2))
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "cifar100.npz"
+    np.savez(path, train_images=train_images, train_labels=train_fine, train_coarse_labels=train_coarse,
+             test_images=test_images, test_labels=test_fine, test_coarse_labels=test_coarse,
+             classes=np.asarray(CIFAR100_CLASSES), coarse_classes=np.asarray(CIFAR100_COARSE_CLASSES))
+    return path
+
+
 def _dump(path: Path, obj: dict) -> str:
     path.write_bytes(pickle.dumps(obj))
     return hashlib.md5(path.read_bytes()).hexdigest()
@@ -78,6 +102,22 @@ def write_batches(data_dir: Path) -> tuple[list[tuple[str, str]], list[tuple[str
     test_list = [batch("test_batch", TEST_SIZE, seed=20)]
     meta_md5 = _dump(folder / "batches.meta", {"label_names": CLASSES})
     return train_list, test_list, meta_md5
+
+
+def write_cifar100_batches(data_dir: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]], str]:
+    """torchvision's cifar-100-python layout (one train and one test file, fine and coarse labels); returns
+    (train_list, test_list, meta md5)."""
+    folder = data_dir / "cifar-100-python"
+    folder.mkdir(parents=True)
+
+    def batch(name: str, n: int, seed: int) -> tuple[str, str]:
+        images, fine, coarse = cifar100_images(n, seed)
+        flat = images.transpose(0, 3, 1, 2).reshape(n, -1)
+        entry = {"data": flat, "fine_labels": fine.tolist(), "coarse_labels": coarse.tolist()}
+        return name, _dump(folder / name, entry)
+
+    meta = {"fine_label_names": CIFAR100_CLASSES, "coarse_label_names": CIFAR100_COARSE_CLASSES}
+    return [batch("train", 5 * TRAIN_PER_BATCH, seed=30)], [batch("test", TEST_SIZE, seed=31)], _dump(folder / "meta", meta)
 
 
 def read_scalars(events: Path, tag: str) -> dict[int, float]:
@@ -111,7 +151,8 @@ def assert_same_weights(a: Path, b: Path) -> None:
 TINY_DATA = ["--data.val_size", "50", "--data.batch_size", "32", "--data.num_workers", "0"]
 # Runs that are about something else skip the figures, the model graph and the end-of-test report.
 NO_FIGURES = ["--figures.every_n_epochs", "0", "--figures.first_layer_filters", "false", "--figures.training_images",
-              "0", "--trainer.logger.init_args.log_graph", "false", "--report.curves", "false"]
+              "0", "--figures.reliability_diagram", "false", "--trainer.logger.init_args.log_graph", "false",
+              "--report.curves", "false", "--report.reliability_diagram", "false"]
 SMOKE = ["--config", str(CONFIGS / "simple_cnn.yaml"), "--config", str(CONFIGS / "trainer/cpu.yaml"),
          "--config", str(CONFIGS / "trainer/smoke.yaml"), *TINY_DATA]
 
@@ -153,11 +194,31 @@ def fit_until_killed(cwd: Path, data_dir: Path, *args: str) -> None:
     assert process.wait() == -signal.SIGKILL, process.stderr.read()[-3000:]
 
 
+class ThreadStdout(io.TextIOBase):
+    """``sys.stdout`` that a thread can redirect to a buffer of its own while the others keep writing through."""
+
+    def __init__(self, through: io.TextIOBase) -> None:
+        self.through, self.local = through, threading.local()
+
+    def write(self, text: str) -> int:
+        return (getattr(self.local, "buffer", None) or self.through).write(text)
+
+    def flush(self) -> None:
+        (getattr(self.local, "buffer", None) or self.through).flush()
+
+
 def asked_config_in_process(command: list[str]) -> dict:
     """What ``experiment.asked_config`` (a ``fit --print_config`` subprocess) returns, in this process: for the
-    suite and sweep drivers that tests run in-process (the tests of a driver in a subprocess run the real one)."""
-    with contextlib.redirect_stdout(io.StringIO()) as out, pytest.raises(SystemExit):
-        main([*command[1:], "--print_config"])
+    suite and sweep drivers that tests run in-process (the tests of a driver in a subprocess run the real one).
+    A driver with ``--jobs 2`` asks from two threads while the other prints progress, so the printed config is
+    caught per thread."""
+    stdout = sys.stdout if isinstance(sys.stdout, ThreadStdout) else ThreadStdout(sys.stdout)
+    stdout.local.buffer = out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(stdout), pytest.raises(SystemExit):
+            main([*command[1:], "--print_config"])
+    finally:
+        stdout.local.buffer = None
     return yaml.safe_load(out.getvalue())
 
 

@@ -7,17 +7,17 @@ DDP re-launches this same module for the other ranks, so the file shows which pr
 import os
 
 from cifar_lab.cli import main
-from cifar_lab.data import CIFAR10DataModule
+from cifar_lab.data import ImageDataModule
 
-prepare_data = CIFAR10DataModule.prepare_data
+prepare_data = ImageDataModule.prepare_data
 
 
-def recording_prepare_data(self: CIFAR10DataModule) -> None:
+def recording_prepare_data(self: ImageDataModule) -> None:
     with open(os.environ["PREPARE_RECORD"], "a") as record:
         record.write(f"{self.trainer.global_rank}\n")
     prepare_data(self)
 
 
 if __name__ == "__main__":
-    CIFAR10DataModule.prepare_data = recording_prepare_data
+    ImageDataModule.prepare_data = recording_prepare_data
     main()

@@ -9,19 +9,20 @@ from torchvision import tv_tensors
 
 from cifar_lab.cli import build_cli
 from cifar_lab.data.augment import (
-    CIFAR10_MEAN,
-    CIFAR10_STD,
     PRESETS,
     batch_mix,
     build_transform,
+    normalization_stats,
 )
-from cifar_lab.reporting.plots import denormalize
+from cifar_lab.data.sources import RELEASES
 from cifar_lab.errors import ConfigError
+from cifar_lab.reporting.plots import denormalize
 from tests.helpers import make_images
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 IMAGE = tv_tensors.Image(torch.from_numpy(make_images(1, seed=3)[0][0]).permute(2, 0, 1).contiguous())
-MEAN, STD = torch.tensor(CIFAR10_MEAN).view(3, 1, 1), torch.tensor(CIFAR10_STD).view(3, 1, 1)
+STATS = RELEASES["cifar10"].stats
+MEAN, STD = (torch.tensor(values).view(3, 1, 1) for values in STATS)
 # Where black and white pixels land after normalisation, per channel.
 LOWEST, HIGHEST = (0 - MEAN) / STD, (1 - MEAN) / STD
 
@@ -34,15 +35,16 @@ LOWEST, HIGHEST = (0 - MEAN) / STD, (1 - MEAN) / STD
 def test_each_normalize_choice_maps_black_and_white_where_it_says_and_figures_undo_it(
         normalize: str, black: torch.Tensor, white: torch.Tensor) -> None:
     extremes = tv_tensors.Image(torch.tensor([0, 255], dtype=torch.uint8).view(1, 1, 2).expand(3, 1, 2).contiguous())
-    normalised = build_transform("none", train=False, normalization=normalize)(extremes)
+    stats = normalization_stats(normalize, STATS)
+    normalised = build_transform("none", train=False, stats=stats)(extremes)
     torch.testing.assert_close(normalised[:, :, :1], black)
     torch.testing.assert_close(normalised[:, :, 1:], white)
-    torch.testing.assert_close(denormalize(normalised[None], normalize)[0], extremes.float() / 255)
+    torch.testing.assert_close(denormalize(normalised[None], stats)[0], extremes.float() / 255)
 
 
 def test_an_unknown_normalize_choice_is_a_config_error_listing_the_choices() -> None:
     with pytest.raises(ConfigError, match=r"unknown normalize 'imagenet'; choose one of \['dataset', 'half', 'none'\]"):
-        build_transform("none", train=False, normalization="imagenet")
+        normalization_stats("imagenet", STATS)
 
 
 def seeded(transform, seed: int) -> torch.Tensor:
@@ -52,12 +54,12 @@ def seeded(transform, seed: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_preset_gives_normalised_float_images_that_a_seed_repeats(preset: str) -> None:
-    transform = build_transform(preset, train=True)
+    transform = build_transform(preset, train=True, stats=STATS)
     view = seeded(transform, 0)
     assert view.shape == (3, 32, 32) and view.dtype == torch.float32
     assert (view >= LOWEST - 1e-5).all() and (view <= HIGHEST + 1e-5).all()
     assert torch.equal(view, seeded(transform, 0))
-    plain = build_transform("none", train=True)(IMAGE)
+    plain = build_transform("none", train=True, stats=STATS)(IMAGE)
     torch.testing.assert_close(plain, (IMAGE.float() / 255 - MEAN) / STD)
     if preset != "none":
         assert not torch.equal(view, plain)
@@ -65,9 +67,9 @@ def test_preset_gives_normalised_float_images_that_a_seed_repeats(preset: str) -
 
 
 def test_cutout_sets_one_16x16_square_to_the_mean_colour() -> None:
-    plain = build_transform("none", train=True)(IMAGE)
+    plain = build_transform("none", train=True, stats=STATS)(IMAGE)
     for seed in range(5):
-        erased = seeded(build_transform("none", train=True, erasing="cutout"), seed)
+        erased = seeded(build_transform("none", train=True, stats=STATS, erasing="cutout"), seed)
         changed = (erased != plain).any(dim=0)
         rows, cols = changed.any(dim=1).nonzero().flatten(), changed.any(dim=0).nonzero().flatten()
         assert changed.sum() == 256 and len(rows) == len(cols) == 16
@@ -76,8 +78,8 @@ def test_cutout_sets_one_16x16_square_to_the_mean_colour() -> None:
 
 
 def test_random_erasing_erases_about_half_the_images_with_the_mean_colour() -> None:
-    plain = build_transform("none", train=True)(IMAGE)
-    transform = build_transform("none", train=True, erasing="random_erasing")
+    plain = build_transform("none", train=True, stats=STATS)(IMAGE)
+    transform = build_transform("none", train=True, stats=STATS, erasing="random_erasing")
     views = [seeded(transform, seed) for seed in range(20)]
     erased = [view for view in views if not torch.equal(view, plain)]
     assert 3 < len(erased) < 17  # p=0.5
@@ -86,8 +88,8 @@ def test_random_erasing_erases_about_half_the_images_with_the_mean_colour() -> N
 
 def test_erasing_follows_the_preset_on_the_training_split_only() -> None:
     with pytest.raises(ConfigError, match="unknown erasing 'holes'; choose one of \\['cutout', 'random_erasing'\\]"):
-        build_transform("standard", train=True, erasing="holes")
-    torch.testing.assert_close(build_transform("autoaugment", train=False)(IMAGE), (IMAGE.float() / 255 - MEAN) / STD)
+        build_transform("standard", train=True, stats=STATS, erasing="holes")
+    torch.testing.assert_close(build_transform("autoaugment", train=False, stats=STATS)(IMAGE), (IMAGE.float() / 255 - MEAN) / STD)
 
 
 def test_a_list_of_transforms_in_yaml_goes_through_the_cli_parser(npz_dir: Path, tmp_path: Path,

@@ -7,19 +7,21 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from lightning.pytorch.plugins.precision import MixedPrecision
+from torchmetrics.functional.classification import multiclass_calibration_error
 
 from cifar_lab.cli import build_cli, main
-from cifar_lab.data import CIFAR10DataModule
+from cifar_lab.data import ImageDataModule
 from cifar_lab.module import load_classifier
 from cifar_lab.reporting.runs import load_run
 from tests.helpers import (
     CLASSES,
+    NO_FIGURES,
     SMOKE,
     TEST_SIZE,
     assert_same_weights,
     cifar_lab,
     cli_error_line,
-    one_line_error,
     read_scalars,
 )
 
@@ -65,14 +67,18 @@ def test_saved_config_repeats_the_run_and_test_reports_accuracy(fitted_run: Path
                        data_dir=npz_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     printed = printed_metrics(result.stdout)
-    assert sorted(printed) == sorted(["test/acc", "test/acc_top5", "test/loss", *(f"test/acc_{c}" for c in CLASSES)])
-    datamodule = CIFAR10DataModule(str(npz_dir), download=False, num_workers=0, val_size=50)
+    assert sorted(printed) == sorted(["test/acc", "test/acc_top5", "test/ece", "test/loss",
+                                      *(f"test/acc_{c}" for c in CLASSES)])
+    datamodule = ImageDataModule(str(npz_dir), download=False, num_workers=0, val_size=50)
     datamodule.setup("test")
     images, labels = map(torch.cat, zip(*datamodule.test_dataloader()))
     assert len(labels) == TEST_SIZE  # all of them within the smoke preset's limit_test_batches
     with torch.no_grad():
-        right = load_classifier(last)(images).argmax(dim=1) == labels
+        probabilities = load_classifier(last)(images).softmax(dim=1)
+    right = probabilities.argmax(dim=1) == labels
     assert printed["test/acc"] == pytest.approx(float(right.float().mean()))
+    ece = multiclass_calibration_error(probabilities, labels, len(CLASSES), n_bins=15)
+    assert printed["test/ece"] == pytest.approx(float(ece), abs=1e-6)
     assert list(read_scalars(run, "test/acc").values()) == pytest.approx([printed["test/acc"]])
 
 
@@ -94,20 +100,22 @@ def test_only_last_ckpt_tests_log_into_the_run_others_into_sub_folders_named_for
     assert (run / "config.yaml").read_text() == config
 
 
-def test_fit_runs_in_bf16_mixed_precision_on_the_cpu(npz_dir: Path, tmp_path: Path) -> None:
-    result = cifar_lab("fit", *SMOKE, "--trainer.precision", "bf16-mixed", "--model.backbone", "resnet18",
-                       "--trainer.limit_train_batches", "2", cwd=tmp_path, data_dir=npz_dir)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Using bfloat16 Automatic Mixed Precision (AMP)" in result.stderr
-    run = tmp_path / "runs" / "resnet18" / "version_0"
+def test_fit_runs_in_bf16_mixed_precision_on_the_cpu(npz_dir: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["cifar-lab"])
+    cli = build_cli(["fit", *SMOKE, *NO_FIGURES, "--trainer.precision", "bf16-mixed", "--data.data_dir", str(npz_dir),
+                     "--trainer.limit_train_batches", "2"])
+    plugin = cli.trainer.precision_plugin
+    assert isinstance(plugin, MixedPrecision) and plugin.device == "cpu" and plugin.precision == "bf16-mixed"
+    run = tmp_path / "runs" / "simple_cnn" / "version_0"
     assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["precision"] == "bf16-mixed"
     weights = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float32}  # mixed: fp32 weights
 
 
 def test_unknown_backbone_is_a_one_line_error(npz_dir: Path, tmp_path: Path) -> None:
-    result = cifar_lab("fit", *SMOKE, "--model.backbone", "resnet19", cwd=tmp_path, data_dir=npz_dir)
-    line = one_line_error(result)
+    line = cli_error_line(tmp_path, npz_dir, "--model.backbone", "resnet19")
     assert "unknown backbone 'resnet19'" in line and "simple_cnn" in line and "resnet18" in line
 
 
@@ -124,19 +132,20 @@ def test_debug_variable_shows_the_traceback(npz_dir: Path, tmp_path: Path) -> No
     assert "Traceback" in result.stderr and "UnknownBackboneError" in result.stderr
 
 
-def test_models_command_prints_parameters_and_mflops(tmp_path: Path) -> None:
-    result = cifar_lab("models", "simple_cnn", "resnet18", cwd=tmp_path, data_dir=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    header, rule, *rows = result.stdout.splitlines()
+def test_models_command_prints_parameters_and_mflops(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["models", "simple_cnn", "resnet18"])  # in this process: the console entry point has tests of its own
+    header, rule, *rows = capsys.readouterr().out.splitlines()
     assert header.split() == ["|", "backbone", "|", "parameters", "|", "MFLOPs", "|"]
     # simple_cnn: 10,848,768 multiply-adds (see test_models), ResNet-18: 555.4 million
     assert rows[0].split() == ["|", "`simple_cnn`", "|", "620,362", "|", "21.7", "|"]
     assert rows[1].split() == ["|", "`resnet18`", "|", "11,173,962", "|", "1,110.8", "|"]
 
 
-def test_models_command_suggests_the_closest_name(tmp_path: Path) -> None:
-    result = cifar_lab("models", "resnet19", cwd=tmp_path, data_dir=tmp_path)
-    line = one_line_error(result)
+def test_models_command_suggests_the_closest_name(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["models", "resnet19"])
+    [line] = capsys.readouterr().err.splitlines()
+    assert exit_info.value.code == 1 and line.startswith("cifar-lab: error: ")
     assert "unknown backbone 'resnet19' (did you mean 'resnet18'?)" in line and "vgg16" in line
 
 

@@ -12,7 +12,10 @@ import torch
 import yaml
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator, ScalarEvent
+from tensorboard.backend.event_processing.event_accumulator import (
+    EventAccumulator,
+    ScalarEvent,
+)
 from tensorboard.plugins.hparams import plugin_data_pb2
 from torch import nn
 
@@ -20,7 +23,7 @@ from cifar_lab.callbacks import FigureLogger, GradientNorms
 from cifar_lab.cli import main
 from cifar_lab.errors import ConfigError
 from cifar_lab.models import create
-from cifar_lab.reporting.plots import groups_figure
+from cifar_lab.reporting.plots import confusion_matrix_figure, groups_figure
 from cifar_lab.reporting.runs import Run, RunGroup, RunNotFoundError, load_run
 from cifar_lab.reporting.tables import markdown_table
 from cifar_lab.tools.visualize import grad_cam, most_confident_mistakes, visualize
@@ -82,7 +85,8 @@ def test_fit_logs_scalars_hparams_graph_and_figures(runs: Path) -> None:
     (epoch_time_s,) = scalar_values(accumulator, "train/epoch_time_s")
     assert images_per_s > 4 * 32 / epoch_time_s  # the smoke preset's 4 batches of 32, in part of the epoch's time
     for tag in ("val/confusion_matrix", "val/per_class_accuracy", "val/predictions", "filters/first_conv",
-                "test/confusion_matrix", "test/per_class_accuracy", "test/predictions", "train/augmented_images"):
+                "test/confusion_matrix", "test/per_class_accuracy", "test/predictions", "test/reliability_diagram",
+                "train/augmented_images"):
         assert tag in tags["images"], tag
     assert [event.step for event in accumulator.Images("train/augmented_images")] == [0]  # once per run
     assert tags["graph"]
@@ -106,7 +110,10 @@ def test_test_logs_into_the_checkpoints_run_and_writes_its_report(runs: Path) ->
     assert yaml.safe_load((run / "config.yaml").read_text())["ckpt_path"] is None  # fit's config, kept
     accumulator = events(run)
     assert len(scalar_values(accumulator, "test/acc")) == 1
+    (ece,) = scalar_values(accumulator, "test/ece")
+    assert 0 < ece < 1
     assert_png(run / "curves.png", min_side=200)
+    assert_png(run / "reliability_diagram.png", min_side=200)
     table = markdown_cells((run / "per_class_accuracy.md").read_text())
     assert table[2:] == [*([name, f"{scalar_values(accumulator, f'test/acc_{name}')[0]:.4f}"] for name in CLASSES),
                          ["**all**", f"{scalar_values(accumulator, 'test/acc')[0]:.4f}"]]
@@ -252,3 +259,12 @@ def test_curves_show_training_dashed_beside_validation_with_the_mean_over_seeds(
     assert list(train_line.get_ydata()) == [0.4, 0.8] and train_line.get_linestyle() == "--"
     assert [line.get_linestyle() for line in ax_loss.get_lines()] == ["-", "--"]
     assert train_line.get_color() == val_line.get_color()
+
+
+@pytest.mark.parametrize(("classes", "texts"), [(10, 100), (100, 0)])
+def test_the_confusion_matrix_writes_each_cell_for_few_classes_and_colour_only_for_many(classes: int,
+                                                                                        texts: int) -> None:
+    figure = confusion_matrix_figure(torch.eye(classes), [f"class_{i}" for i in range(classes)])
+    [axes] = figure.axes[:1]
+    assert len(axes.texts) == texts
+    assert [label.get_text() for label in axes.get_yticklabels()][:2] == ["class_0", "class_1"]

@@ -4,22 +4,22 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
-from cifar_lab.data import CIFAR10DataModule
-from cifar_lab.data.augment import CIFAR10_MEAN, CIFAR10_STD
+from cifar_lab.data import ImageDataModule
 from cifar_lab.data.datamodule import class_balanced_subset
 from cifar_lab.data.device_loader import BatchAugment
+from cifar_lab.data.sources import RELEASES
 from cifar_lab.errors import ConfigError
 
 
-def make_dm(data_dir: Path, **kwargs) -> CIFAR10DataModule:
+def make_dm(data_dir: Path, **kwargs) -> ImageDataModule:
     options = {"data_dir": str(data_dir), "download": False, "val_size": 50, "batch_size": 32, "num_workers": 0}
-    dm = CIFAR10DataModule(**{**options, **kwargs})
+    dm = ImageDataModule(**{**options, **kwargs})
     dm.prepare_data()
     dm.setup("fit")
     return dm
 
 
-MEAN, STD = torch.tensor(CIFAR10_MEAN).view(3, 1, 1), torch.tensor(CIFAR10_STD).view(3, 1, 1)
+MEAN, STD = (torch.tensor(values).view(3, 1, 1) for values in RELEASES["cifar10"].stats)
 
 
 def normalised(images: torch.Tensor) -> torch.Tensor:
@@ -104,24 +104,24 @@ def test_loaders_give_normalised_batches_with_workers(npz_dir: Path) -> None:
 
 def test_data_dir_defaults_to_the_environment_variable(npz_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CIFAR_LAB_DATA", str(npz_dir))
-    assert CIFAR10DataModule().data_dir == npz_dir
+    assert ImageDataModule().data_dir == npz_dir
     monkeypatch.delenv("CIFAR_LAB_DATA")
-    assert CIFAR10DataModule().data_dir == Path("data")
+    assert ImageDataModule().data_dir == Path("data")
 
 
 def test_bad_options_are_config_errors(npz_dir: Path) -> None:
     with pytest.raises(ConfigError, match="unknown augment preset 'fancy'.*standard"):
-        CIFAR10DataModule(augment="fancy")
+        ImageDataModule(augment="fancy")
     with pytest.raises(ConfigError, match="val_size=300 must be smaller than the 300 training images"):
         make_dm(npz_dir, val_size=300)
 
 
 def test_augmentation_the_device_loader_cannot_do_is_a_config_error_naming_the_way_out() -> None:
     with pytest.raises(ConfigError, match="augment 'autoaugment' has no device-loader version.*set data.batch_augment"):
-        CIFAR10DataModule(augment="autoaugment", loader="device")
+        ImageDataModule(augment="autoaugment", loader="device")
     with pytest.raises(ConfigError, match="augment given as a list of transforms has no device-loader version"):
-        CIFAR10DataModule(augment=[v2.RandomHorizontalFlip()], loader="device")
+        ImageDataModule(augment=[v2.RandomHorizontalFlip()], loader="device")
     with pytest.raises(ConfigError, match="erasing 'cutout' runs in the DataLoader path only.*batch_augment.cutout"):
-        CIFAR10DataModule(erasing="cutout", loader="device", batch_augment=BatchAugment(cutout=16))
-    assert CIFAR10DataModule(augment="autoaugment", loader="device", batch_augment=BatchAugment(cutout=8)
+        ImageDataModule(erasing="cutout", loader="device", batch_augment=BatchAugment(cutout=16))
+    assert ImageDataModule(augment="autoaugment", loader="device", batch_augment=BatchAugment(cutout=8)
                              ).batch_augment.cutout == 8

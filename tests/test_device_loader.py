@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DistributedSampler
 from torchvision.transforms.v2 import functional as TF
 
-from cifar_lab.data import CIFAR10DataModule
+from cifar_lab.data import ImageDataModule
 from cifar_lab.data.device_loader import (
     BatchAugment,
     DeviceLoader,
@@ -72,7 +72,7 @@ def test_lightning_sets_the_epoch_of_the_order(npz_dir: Path) -> None:
         def on_train_epoch_start(self, trainer: L.Trainer, *args) -> None:
             seen.append(trainer.train_dataloader.sampler.epoch)
 
-    dm = CIFAR10DataModule(str(npz_dir), download=False, val_size=50, batch_size=8, loader="device")
+    dm = ImageDataModule(str(npz_dir), download=False, val_size=50, batch_size=8, loader="device")
     trainer = L.Trainer(accelerator="cpu", max_epochs=3, limit_train_batches=1, limit_val_batches=0, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[RecordEpoch()])
@@ -119,8 +119,8 @@ def test_cutout_zeroes_one_square_per_image() -> None:
 def test_eval_batches_equal_the_dataloader_path(npz_dir: Path, normalize: str) -> None:
     options = {"data_dir": str(npz_dir), "download": False, "val_size": 50, "batch_size": 16, "num_workers": 0,
                "normalize": normalize}
-    device_dm = CIFAR10DataModule(**options, loader="device")
-    torch_dm = CIFAR10DataModule(**options)
+    device_dm = ImageDataModule(**options, loader="device")
+    torch_dm = ImageDataModule(**options)
     for dm in (device_dm, torch_dm):
         dm.setup("fit")
     for split in ("val_dataloader", "test_dataloader"):
@@ -129,7 +129,7 @@ def test_eval_batches_equal_the_dataloader_path(npz_dir: Path, normalize: str) -
 
 
 def test_training_batches_are_augmented_and_normalised(npz_dir: Path) -> None:
-    dm = CIFAR10DataModule(str(npz_dir), download=False, val_size=50, batch_size=32, loader="device",
+    dm = ImageDataModule(str(npz_dir), download=False, val_size=50, batch_size=32, loader="device",
                            batch_augment=BatchAugment(padding=2, padding_mode="reflect", flip="random", cutout=4))
     dm.setup("fit")
     images, labels = next(iter(dm.train_dataloader()))

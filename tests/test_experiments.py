@@ -22,7 +22,14 @@ from cifar_lab.errors import ExperimentFailedError
 from cifar_lab.reporting.runs import load_run
 from cifar_lab.tools import experiment
 from cifar_lab.tools.experiment import load_suite, parse_seeds, run_suite
-from tests.helpers import CONFIGS, NO_FIGURES, ROOT, TINY_DATA, asked_config_in_process, cli_env
+from tests.helpers import (
+    CONFIGS,
+    NO_FIGURES,
+    ROOT,
+    TINY_DATA,
+    asked_config_in_process,
+    cli_env,
+)
 
 EXPERIMENTS = CONFIGS / "experiments"
 SCRIPT = ROOT / "scripts" / "run_experiment.py"
@@ -262,11 +269,14 @@ def test_a_killed_suite_run_again_keeps_finished_runs_and_finishes_the_rest_two_
     assert files_with_times(second) == interrupted  # its fit died with the driver: nothing writes there any more
     assert not third.exists()
 
-    again = subprocess.run([*command, "--jobs", "2", "--", *TINY_FIT], cwd=tmp_path, env=cli_env(npz_dir),
-                           capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "bn seed 0: finished earlier, kept" in again.stdout
-    assert "bn seed 1: resuming from last.ckpt" in again.stdout
+    # Run again in this process (its fits are subprocesses still, two at a time): no start-up of a second driver.
+    with run_here(tmp_path), pytest.MonkeyPatch.context() as patch, \
+            contextlib.redirect_stdout(io.StringIO()) as again:
+        for name, value in cli_env(npz_dir).items():
+            patch.setenv(name, value)
+        experiment.main([*command[4:], "--jobs", "2", "--", *TINY_FIT])
+    assert "bn seed 0: finished earlier, kept" in again.getvalue()
+    assert "bn seed 1: resuming from last.ckpt" in again.getvalue()
     assert files_with_times(first) == finished  # not redone
     assert yaml.safe_load((second / "config.yaml").read_text())["ckpt_path"] == str(second.relative_to(tmp_path)
                                                                                     / "checkpoints" / "last.ckpt")

@@ -8,18 +8,19 @@ import pytest
 import torch
 from jsonargparse import ArgumentError
 
-from cifar_lab.data.augment import build_transform
+from cifar_lab.cli import main
+from cifar_lab.data.augment import build_transform, normalization_stats
+from cifar_lab.data.sources import RELEASES
 from cifar_lab.errors import CheckpointError, ConfigError, ExportMismatchError
 from cifar_lab.module import ImageClassifier
 from cifar_lab.tools import export as export_module
 from cifar_lab.tools.export import export, parser
-from tests.helpers import cifar_lab, one_line_error
 
 
 def pytorch_logits(checkpoint: Path, images: torch.Tensor, normalization: str = "dataset") -> np.ndarray:
     """The checkpoint's logits for [0, 1] images normalised as in training: the reference."""
     model = ImageClassifier.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True).eval()
-    normalise = build_transform("standard", train=False, normalization=normalization)
+    normalise = build_transform("standard", train=False, stats=normalization_stats(normalization, RELEASES["cifar10"].stats))
     with torch.no_grad():
         return model(normalise(images)).numpy()
 
@@ -52,7 +53,7 @@ def test_onnx_export_matches_pytorch_and_quantises(checkpoint: Path, npz_dir: Pa
     int8 = onnxruntime.InferenceSession(str(quantized), providers=["CPUExecutionProvider"])
     assert int8.run(None, {"images": images.numpy()})[0].shape == (5, 10)
     report = capsys.readouterr().out
-    assert "on 256 cifar10-test" not in report and "on 60 cifar10-test images" in report
+    assert "on 256 test" not in report and "on 60 test images" in report
     assert "onnx int8 static" in report and "accuracy" in report
 
 
@@ -68,7 +69,7 @@ def test_pt2_export_through_main_matches_pytorch_at_another_batch_size(
     assert logits.shape == (5, 10)
     assert np.abs(logits - pytorch_logits(checkpoint, test_images)).max() < 1e-4
     report = capsys.readouterr().out
-    assert "on 60 cifar10-test images" in report
+    assert "on 60 test images" in report
     assert any(line.startswith("| pt2 ") for line in report.splitlines())  # its size and latency row
 
 
@@ -114,10 +115,12 @@ def test_bad_export_requests_are_clear_errors(checkpoint: Path, npz_dir: Path, t
         export(str(not_a_checkpoint), str(tmp_path / "m.onnx"), data_dir=str(npz_dir))
 
 
-def test_cli_export_subcommand_reports_a_missing_checkpoint_in_one_line(npz_dir: Path, tmp_path: Path) -> None:
-    result = cifar_lab("export", "--ckpt_path", "missing.ckpt", "--format", "onnx", "--out", "m.onnx",
-                       cwd=tmp_path, data_dir=npz_dir)
-    assert "checkpoint missing.ckpt does not exist" in one_line_error(result)
+def test_cli_export_subcommand_reports_a_missing_checkpoint_in_one_line(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "--ckpt_path", str(tmp_path / "missing.ckpt"), "--format", "onnx", "--out", "m.onnx"])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err == f"cifar-lab: error: checkpoint {tmp_path / 'missing.ckpt'} does not exist\n"
 
 
 def test_parser_takes_the_documented_options_and_refuses_an_unknown_format(tmp_path: Path) -> None:

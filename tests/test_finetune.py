@@ -9,7 +9,7 @@ import torch
 from torchvision.models import resnet18
 
 from cifar_lab.callbacks.finetune import HeadFirstFinetuning
-from cifar_lab.data import CIFAR10DataModule
+from cifar_lab.data import ImageDataModule
 from cifar_lab.errors import ConfigError, UnknownBackboneError, WeightsNotFoundError
 from cifar_lab.models import create
 from cifar_lab.module import ImageClassifier
@@ -60,7 +60,7 @@ def test_missing_or_wrong_weights_file_is_a_clear_error(tmp_path: Path) -> None:
 def finetune(npz_dir: Path, weights_file: Path, callbacks: list[L.Callback], model_kwargs: dict | None = None,
              **trainer_kwargs) -> ImageClassifier:
     L.seed_everything(0)
-    datamodule = CIFAR10DataModule(str(npz_dir), download=False, batch_size=16, num_workers=0, val_size=50)
+    datamodule = ImageDataModule(str(npz_dir), download=False, batch_size=16, num_workers=0, val_size=50)
     model = ImageClassifier("torchvision:resnet18", backbone_kwargs={"weights": str(weights_file)},
                             optimizer=torch.optim.SGD,  # plain SGD: a step changes exactly the parameters with grads
                             **(model_kwargs or {}))

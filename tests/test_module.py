@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader, TensorDataset
 
-from cifar_lab.data import CIFAR10DataModule
+from cifar_lab.data import ImageDataModule
 from cifar_lab.module import ImageClassifier, accuracy_metrics
 from cifar_lab.optim import apply_group_scales
 from cifar_lab.schedules import WarmupCosineLR, build_scheduler
@@ -29,7 +29,7 @@ def test_one_sgd_step_lowers_the_loss_on_a_fixed_batch() -> None:
 
 def test_overfits_a_tiny_training_set(npz_dir: Path) -> None:
     L.seed_everything(0)
-    dm = CIFAR10DataModule(str(npz_dir), download=False, batch_size=64, num_workers=0, val_size=50, augment="none")
+    dm = ImageDataModule(str(npz_dir), download=False, batch_size=64, num_workers=0, val_size=50, augment="none")
     model = ImageClassifier("simple_cnn", backbone_kwargs={"dropout": 0.0},
                             optimizer=partial(torch.optim.Adam, lr=2e-3))
     trainer = tiny_trainer(max_epochs=25, limit_train_batches=1, limit_val_batches=0)
@@ -58,7 +58,7 @@ def test_training_writes_the_same_scalars_as_logging_every_step(npz_dir: Path, t
     written = {}
     for module in (ImageClassifier, LogsEveryStep):
         L.seed_everything(0)
-        dm = CIFAR10DataModule(str(npz_dir), download=False, batch_size=24, num_workers=0, val_size=50)
+        dm = ImageDataModule(str(npz_dir), download=False, batch_size=24, num_workers=0, val_size=50)
         logger = TensorBoardLogger(tmp_path, name=module.__name__)
         trainer = tiny_trainer(max_epochs=2, limit_train_batches=5, limit_val_batches=0, log_every_n_steps=2,
                                logger=logger)
@@ -75,7 +75,7 @@ def test_training_writes_the_same_scalars_as_logging_every_step(npz_dir: Path, t
 @pytest.mark.parametrize("progress_bar", [False, True])
 def test_the_step_loss_reaches_the_progress_bar_only_when_one_is_shown(npz_dir: Path, progress_bar: bool) -> None:
     """Lightning reads progress-bar values back to the host after every step: a device sync."""
-    dm = CIFAR10DataModule(str(npz_dir), download=False, batch_size=32, num_workers=0, val_size=50)
+    dm = ImageDataModule(str(npz_dir), download=False, batch_size=32, num_workers=0, val_size=50)
     trainer = tiny_trainer(max_steps=3, limit_val_batches=0, log_every_n_steps=3, enable_progress_bar=progress_bar)
     trainer.fit(ImageClassifier("simple_cnn"), dm)
     assert ("train/loss_step" in trainer.progress_bar_metrics) is progress_bar
@@ -115,8 +115,11 @@ def test_test_metrics_include_per_class_accuracy_by_name() -> None:
     model.backbone = LogitsInTheFirstRow()
     loader = DataLoader(TensorDataset(images, labels), batch_size=16)
     (results,) = tiny_trainer().test(model, loader, verbose=False)
+    # Every softmax confidence is e / (e + 9) = 0.232 (a hit) or e / (e + e^0.5 + 8) = 0.220 (a miss): all in the
+    # bin [0.2, 0.267), so the ECE is |accuracy - mean confidence| (taken as probabilities, logits in [0, 1] give 0.5).
+    confidence = float(logits.softmax(dim=1).max(dim=1).values.mean())
     assert results == pytest.approx({
-        "test/acc": 20 / 40, "test/acc_top5": 1.0,
+        "test/acc": 20 / 40, "test/acc_top5": 1.0, "test/ece": abs(20 / 40 - confidence),
         "test/loss": float(torch.nn.functional.cross_entropy(logits, labels)),
         **{f"test/acc_{name}": n / 4 for name, n in zip(CLASSES, right.tolist())},
     })
@@ -160,7 +163,7 @@ def test_schedules_that_set_absolute_rates_keep_each_groups_lr_scale() -> None:
 
 @pytest.mark.parametrize(("interval", "expected"), [("epoch", 3), ("step", 3 * 4)])
 def test_module_passes_the_length_of_training_to_the_schedule(npz_dir: Path, interval: str, expected: int) -> None:
-    dm = CIFAR10DataModule(str(npz_dir), download=False, batch_size=64, num_workers=0, val_size=50)
+    dm = ImageDataModule(str(npz_dir), download=False, batch_size=64, num_workers=0, val_size=50)
     schedule = partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.1)
     model = ImageClassifier("simple_cnn", optimizer=partial(torch.optim.SGD, lr=0.1), lr_scheduler=schedule,
                             scheduler_interval=interval)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, StochasticWeightAveraging
 
 from cifar_lab.cli import build_cli
-from cifar_lab.data import CIFAR10DataModule
+from cifar_lab.data import ImageDataModule
 from cifar_lab.data.resumable import sample_seed, seeded_rng
 from cifar_lab.module import ImageClassifier
 from tests.helpers import tiny_trainer
@@ -19,8 +19,8 @@ from tests.helpers import tiny_trainer
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-def tiny_data(npz_dir: Path) -> CIFAR10DataModule:
-    return CIFAR10DataModule(str(npz_dir), download=False, batch_size=32, num_workers=0, val_size=50)
+def tiny_data(npz_dir: Path) -> ImageDataModule:
+    return ImageDataModule(str(npz_dir), download=False, batch_size=32, num_workers=0, val_size=50)
 
 
 class RecordLabels(Callback):

@@ -1,5 +1,5 @@
-"""Figures in TensorBoard: confusion matrix, per-class accuracy, sample predictions, first-layer filters, and
-the training images as the model sees them (augmented)."""
+"""Figures in TensorBoard: confusion matrix, per-class accuracy, sample predictions, the test's reliability
+diagram, first-layer filters, and the training images as the model sees them (augmented)."""
 
 from typing import Any
 
@@ -11,6 +11,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from cifar_lab.callbacks.hparams import tensorboard_loggers
 from cifar_lab.errors import ConfigError
+from cifar_lab.reporting.calibration import calibration_bins
 from cifar_lab.reporting.plots import (
     confusion_matrix_figure,
     denormalize,
@@ -18,17 +19,19 @@ from cifar_lab.reporting.plots import (
     first_conv,
     per_class_accuracy_figure,
     prediction_grid_figure,
+    reliability_diagram_figure,
 )
 
 
 class FigureLogger(Callback):
     """Adds figures to the TensorBoard logger at the end of validation every ``every_n_epochs`` epochs (and the
-    last epoch), at the end of ``test``, the first convolution's filters at the end of ``fit``, and once per run
-    the first training batch as augmented (``train/augmented_images``), to see what the augmentation does.
+    last epoch), at the end of ``test`` (with the reliability diagram), the first convolution's filters at the end of
+    ``fit``, and once per run the first training batch as augmented (``train/augmented_images``), to see what the
+    augmentation does.
 
     Each figure has its own switch; with all of them off (or ``every_n_epochs: 0`` for validation) nothing is
     collected. Needs ``validation_step``/``test_step`` to return the logits and the model to have
-    ``class_names``, as ``ImageClassifier`` does.
+    ``class_names`` and the ``test_ece`` metric, as ``ImageClassifier`` does.
 
     Args:
         every_n_epochs: validation epochs between figures; 0 draws none during fit.
@@ -37,10 +40,13 @@ class FigureLogger(Callback):
         sample_predictions: how many images of the first batches to show with predicted/true class; 0: none.
         first_layer_filters: the first ``Conv2d``'s filters as an image grid at the end of fit.
         training_images: how many images of the first training batch to show, augmented; 0: none.
+        reliability_diagram: at the end of ``test``, accuracy against confidence per bin of ``test/ece``
+            (``test/reliability_diagram``).
     """
 
     def __init__(self, every_n_epochs: int = 5, confusion_matrix: bool = True, per_class_accuracy: bool = True,
-                 sample_predictions: int = 16, first_layer_filters: bool = True, training_images: int = 16) -> None:
+                 sample_predictions: int = 16, first_layer_filters: bool = True, training_images: int = 16,
+                 reliability_diagram: bool = True) -> None:
         if every_n_epochs < 0 or sample_predictions < 0 or training_images < 0:
             raise ConfigError("figures.every_n_epochs, figures.sample_predictions and figures.training_images must "
                               "be >= 0")
@@ -50,6 +56,7 @@ class FigureLogger(Callback):
         self.sample_predictions = sample_predictions
         self.first_layer_filters = first_layer_filters
         self.training_images = training_images
+        self.reliability_diagram = reliability_diagram
         self.confmat: MulticlassConfusionMatrix | None = None
         self.samples: list[tuple[Tensor, Tensor, Tensor]] = []
         self.collecting = False
@@ -96,7 +103,7 @@ class FigureLogger(Callback):
             figures["per_class_accuracy"] = per_class_accuracy_figure(confmat.diagonal(), names)
         if self.samples:
             images, targets, preds = (torch.cat(parts) for parts in zip(*self.samples))
-            shown = denormalize(images, trainer.datamodule.hparams.normalize)
+            shown = denormalize(images, trainer.datamodule.input_stats)
             figures["predictions"] = prediction_grid_figure(shown, targets, preds, names)
         for logger in tensorboard_loggers(trainer):
             for name, figure in figures.items():
@@ -110,7 +117,7 @@ class FigureLogger(Callback):
                 and loggers):  # once per run: a resumed run has taken steps already
             return
         images, targets = (part[: self.training_images] for part in batch)
-        shown = denormalize(images.float(), trainer.datamodule.hparams.normalize)
+        shown = denormalize(images.float(), trainer.datamodule.input_stats)
         figure = prediction_grid_figure(shown, targets, None, pl_module.class_names)
         for logger in loggers:
             logger.experiment.add_figure("train/augmented_images", figure, global_step=0, close=False)
@@ -137,6 +144,15 @@ class FigureLogger(Callback):
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._draw(trainer, pl_module, "test")
+        loggers = tensorboard_loggers(trainer)
+        if not (self.reliability_diagram and loggers):
+            return
+        bins = calibration_bins(pl_module.test_ece)  # on every rank: it syncs
+        if trainer.is_global_zero:
+            figure = reliability_diagram_figure(*bins)
+            for logger in loggers:
+                logger.experiment.add_figure("test/reliability_diagram", figure, global_step=trainer.global_step,
+                                             close=False)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         conv = first_conv(pl_module) if self.first_layer_filters and trainer.is_global_zero else None

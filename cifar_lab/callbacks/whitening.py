@@ -26,7 +26,7 @@ class PatchWhitening(L.Callback):
             return
         datamodule = trainer.datamodule
         images = datamodule.datasets["train"].images[: self.num_images]
-        backbone.init_whitening(normalize(images, datamodule.hparams.normalize).to(pl_module.device))
+        backbone.init_whitening(normalize(images, datamodule.input_stats).to(pl_module.device))
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.bias_epochs is not None:

@@ -1,4 +1,4 @@
-"""``cifar-lab``: LightningCLI wiring YAML configs to ImageClassifier, CIFAR10DataModule and Trainer.
+"""``cifar-lab``: LightningCLI wiring YAML configs to ImageClassifier, ImageDataModule and Trainer.
 
 ``cifar-lab models|compare|visualize|export|experiment`` are handled before LightningCLI sees the arguments
 (they need no Trainer), so the subcommands ``fit|validate|test|predict`` stay exactly LightningCLI's.
@@ -8,6 +8,7 @@ TensorBoard logger writing ``runs/<backbone>/version_N/`` with the full ``config
 """
 
 import ctypes
+import inspect
 import logging
 import os
 import signal
@@ -36,7 +37,8 @@ from cifar_lab.callbacks import (
 from cifar_lab.checkpoint_io import AtomicCheckpointIO, is_local, load_checkpoint_file
 from cifar_lab.cli.checks import check_fit_config, check_precision
 from cifar_lab.cli.resume import ResumeRun
-from cifar_lab.data import CIFAR10DataModule
+from cifar_lab.data import ImageDataModule
+from cifar_lab.data.image_files import CIFAR_SIZE
 from cifar_lab.errors import CifarLabError, ConfigError
 from cifar_lab.module import ImageClassifier
 from cifar_lab.reporting.runs import RUNS_DIR, RunFolder
@@ -45,6 +47,8 @@ from cifar_lab.tools import PARENT_PID_ENV, TOOLS, tool_main
 DEBUG_ENV = "CIFAR_LAB_DEBUG"
 PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
 CKPT_ALIASES = {"last", "best", "hpc"}  # ckpt_path values Lightning resolves itself
+# DataModule options that say which images a model was trained on, and how they were split and scaled.
+DATASET_OPTIONS = ("dataset", "labels", "data_dir", "normalize", "val_size", "test_size", "split_seed")
 LIGHTNING_INFO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
 CHATTER = ("💡 Tip:", "TPU available:", "HPU available:")
 
@@ -56,6 +60,8 @@ class CifarLabCLI(LightningCLI):
                             help="CPU threads for torch's intra-op parallelism (null: torch's default, one per core)")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.classes", "model.class_names", apply_on="instantiate")
+        parser.link_arguments("data.input_stats", "model.input_stats", apply_on="instantiate")
+        parser.link_arguments("model.backbone_kwargs", "data.image_size", compute_fn=input_size)
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": "val/acc",
@@ -104,6 +110,8 @@ class CifarLabCLI(LightningCLI):
         if self.subcommand == "fit":
             check_fit_config(config)
             checkpoint_after_validation(config)
+        elif config.get("ckpt_path") and config.ckpt_path not in CKPT_ALIASES and is_local(config.ckpt_path):
+            data_from_checkpoint(config.data, load_checkpoint_file(config.ckpt_path))
         logger = config.trainer.logger
         init_args = getattr(logger, "init_args", None)
         if init_args is not None and "name" in init_args and init_args.name is None:
@@ -138,6 +146,23 @@ class CifarLabCLI(LightningCLI):
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
+
+
+def data_from_checkpoint(data: Namespace, checkpoint: dict) -> None:
+    """The dataset a checkpoint was trained on, for ``test``/``validate``/``predict`` of it: each of
+    ``DATASET_OPTIONS`` the config leaves at its default is taken from the checkpoint. LightningCLI restores only
+    the model's arguments, and the DataModule's classes and statistics would otherwise replace the checkpoint's
+    (``predict --ckpt_path`` of a CIFAR-100 model would name CIFAR-10's classes)."""
+    saved = checkpoint.get("datamodule_hyper_parameters") or {}
+    defaults = inspect.signature(ImageDataModule.__init__).parameters
+    for name in DATASET_OPTIONS:
+        if name in saved and data.get(name) == defaults[name].default:
+            data[name] = saved[name]
+
+
+def input_size(backbone_kwargs: dict | None) -> int:
+    """The side of the images a backbone takes: its ``input_size`` (a fine-tuned ImageNet net's), else CIFAR's."""
+    return (backbone_kwargs or {}).get("input_size") or CIFAR_SIZE
 
 
 def checkpoint_after_validation(config: Namespace) -> None:
@@ -194,7 +219,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> CifarLabCLI:
     ``run=False`` parses and instantiates only (``args`` then has no subcommand)."""
     return CifarLabCLI(
         ImageClassifier,
-        CIFAR10DataModule,
+        ImageDataModule,
         seed_everything_default=True,
         auto_configure_optimizers=False,  # optimizer and schedule live in model: (see ImageClassifier)
         save_config_callback=SaveConfigAsHparams,
@@ -205,7 +230,8 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> CifarLabCLI:
             "exit_on_error": False,
             "allow_abbrev": False,
             "epilog": "also: 'cifar-lab models' lists the backbones with their parameter counts and MFLOPs; "
-                      "'cifar-lab compare' and 'cifar-lab visualize' look at runs; 'cifar-lab export' exports; "
+                      "'cifar-lab compare' and 'cifar-lab visualize' look at runs; 'cifar-lab robustness' "
+                      "evaluates a checkpoint on CIFAR-10.1 and CIFAR-10-C; 'cifar-lab export' exports; "
                       "'cifar-lab experiment' runs a comparison suite of configs/experiments/",
         },
         args=args,

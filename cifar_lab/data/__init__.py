@@ -1,3 +1,3 @@
-from cifar_lab.data.datamodule import CIFAR10DataModule
+from cifar_lab.data.datamodule import ImageDataModule
 
-__all__ = ["CIFAR10DataModule"]
+__all__ = ["ImageDataModule"]

@@ -13,35 +13,33 @@ from torchvision.transforms import v2
 
 from cifar_lab.errors import ConfigError
 
-# Per-channel statistics of the 50,000 CIFAR-10 training images (pixels scaled to [0, 1]).
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-
 Erasing = Literal["cutout", "random_erasing"]
 Normalization = Literal["dataset", "half", "none"]
-# (mean, std) per channel of each ``data.normalize`` choice: the CIFAR-10 training set's statistics (pixels
-# centred per channel); 0.5 and 0.5, which puts pixels in [-1, 1] as many tutorials do; none: pixels in [0, 1].
-NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "dataset": (CIFAR10_MEAN, CIFAR10_STD),
+ChannelStats = Sequence[Sequence[float]]  # per-channel (mean, std) of pixels scaled to [0, 1]
+# (mean, std) of the ``data.normalize`` choices that do not depend on the data: 0.5 and 0.5, which puts pixels in
+# [-1, 1] as many tutorials do; none: pixels in [0, 1]. ``dataset`` is the training set's own statistics.
+FIXED_NORMALIZATIONS: dict[str, ChannelStats] = {
     "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
     "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
 }
 
 
-def crop_flip() -> list[v2.Transform]:
-    """The standard CIFAR augmentation: random 32x32 crop of the 4-pixel zero-padded image, mirror with p=0.5."""
-    return [v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()]
+def crop_flip(size: int = 32) -> list[v2.Transform]:
+    """The standard CIFAR augmentation: random crop of the image zero-padded by an eighth of its side (4 pixels at
+    32x32), mirror with p=0.5."""
+    return [v2.RandomCrop(size, padding=size // 8), v2.RandomHorizontalFlip()]
 
 
 # The policy-based presets run after crop + flip, as in the AutoAugment/RandAugment/TrivialAugment CIFAR recipes.
-PRESETS: dict[str, Callable[[], list[v2.Transform]]] = {
-    "none": lambda: [],
+# Each takes the image side.
+PRESETS: dict[str, Callable[[int], list[v2.Transform]]] = {
+    "none": lambda size: [],
     "standard": crop_flip,
-    "color": lambda: [*crop_flip(), v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05),
-                      v2.RandomRotation(10)],
-    "autoaugment": lambda: [*crop_flip(), v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)],
-    "randaugment": lambda: [*crop_flip(), v2.RandAugment()],
-    "trivialaugment": lambda: [*crop_flip(), v2.TrivialAugmentWide()],
+    "color": lambda size: [*crop_flip(size), v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05),
+                           v2.RandomRotation(10)],
+    "autoaugment": lambda size: [*crop_flip(size), v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)],
+    "randaugment": lambda size: [*crop_flip(size), v2.RandAugment()],
+    "trivialaugment": lambda size: [*crop_flip(size), v2.TrivialAugmentWide()],
 }
 
 # After normalisation, where 0 is the mean colour. Cutout (DeVries & Taylor): one 16x16 square per image,
@@ -52,30 +50,35 @@ ERASING: dict[str, Callable[[], v2.Transform]] = {
 }
 
 
-def normalization_stats(normalization: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) of a ``data.normalize`` choice; an unknown one is a ``ConfigError`` listing the choices."""
-    if normalization not in NORMALIZATIONS:
-        raise ConfigError(f"unknown normalize {normalization!r}; choose one of {sorted(NORMALIZATIONS)}")
-    return NORMALIZATIONS[normalization]
+def normalization_stats(normalization: str, dataset_stats: ChannelStats) -> ChannelStats:
+    """(mean, std) of a ``data.normalize`` choice, ``dataset`` being ``dataset_stats``; an unknown choice is a
+    ``ConfigError`` listing them."""
+    if normalization == "dataset":
+        return dataset_stats
+    if normalization not in FIXED_NORMALIZATIONS:
+        choices = sorted(["dataset", *FIXED_NORMALIZATIONS])
+        raise ConfigError(f"unknown normalize {normalization!r}; choose one of {choices}")
+    return FIXED_NORMALIZATIONS[normalization]
 
 
-def normalize(normalization: str = "dataset") -> list[v2.Transform]:
+def normalize(stats: ChannelStats) -> list[v2.Transform]:
     """uint8 image -> normalised float32, the last step for every split."""
-    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(*normalization_stats(normalization))]
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(*stats)]
 
 
-def build_transform(augment: str | Sequence[v2.Transform], train: bool, erasing: Erasing | None = None,
-                    normalization: str = "dataset") -> v2.Compose:
-    """The preset's (or the given list's) augmentation and erasing (training only) around normalisation."""
+def build_transform(augment: str | Sequence[v2.Transform], train: bool, stats: ChannelStats,
+                    erasing: Erasing | None = None, size: int = 32) -> v2.Compose:
+    """The preset's (or the given list's) augmentation of ``size`` x ``size`` images and erasing (training only)
+    around normalisation with ``stats``."""
     if isinstance(augment, str) and augment not in PRESETS:
         raise ConfigError(f"unknown augment preset {augment!r}; choose one of {sorted(PRESETS)} "
                           f"or give a list of transforms (class_path/init_args)")
     if erasing is not None and erasing not in ERASING:
         raise ConfigError(f"unknown erasing {erasing!r}; choose one of {sorted(ERASING)} or null")
     if not train:
-        return v2.Compose(normalize(normalization))
-    transforms = PRESETS[augment]() if isinstance(augment, str) else list(augment)
-    return v2.Compose([*transforms, *normalize(normalization), *([ERASING[erasing]()] if erasing else [])])
+        return v2.Compose(normalize(stats))
+    transforms = PRESETS[augment](size) if isinstance(augment, str) else list(augment)
+    return v2.Compose([*transforms, *normalize(stats), *([ERASING[erasing]()] if erasing else [])])
 
 
 def batch_mix(num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,

@@ -18,7 +18,7 @@ from torch import Tensor
 from torch.utils.data import DistributedSampler
 from torchvision.transforms.v2 import functional as TF
 
-from cifar_lab.data.augment import normalization_stats
+from cifar_lab.data.augment import FIXED_NORMALIZATIONS, ChannelStats
 from cifar_lab.data.resumable import EpochPosition, sample_seed
 
 
@@ -66,9 +66,9 @@ def cutout(images: Tensor, size: int, generator: torch.Generator) -> Tensor:
     return images.masked_fill(rows[:, None, :, None] & cols[:, None, None, :], 0.0)
 
 
-def normalize(images: Tensor, normalization: str = "dataset") -> Tensor:
+def normalize(images: Tensor, stats: ChannelStats) -> Tensor:
     """uint8 -> normalised float32 with torchvision's ops, exactly as the per-image pipeline does."""
-    mean, std = normalization_stats(normalization)
+    mean, std = stats
     return TF.normalize(TF.to_dtype(images, torch.float32, scale=True), list(mean), list(std))
 
 
@@ -88,7 +88,7 @@ class DeviceLoader(EpochPosition):
         seed: base seed of the order (epoch ``e`` shuffles with ``seed + e``) and of the augmentation.
         rank, world_size: this process's shard under DDP.
         dtype: dtype of the image batches.
-        normalization: a ``data.normalize`` choice (``cifar_lab.data.augment.NORMALIZATIONS``).
+        stats: per-channel (mean, std) the images are normalised with (the ``data.normalize`` choice's).
     """
 
     batch_sampler = None  # like a DataLoader's: Lightning reads ``sampler`` and ``batch_sampler``
@@ -105,11 +105,11 @@ class DeviceLoader(EpochPosition):
         rank: int = 0,
         world_size: int = 1,
         dtype: torch.dtype = torch.float32,
-        normalization: str = "dataset",
+        stats: ChannelStats = FIXED_NORMALIZATIONS["none"],
     ) -> None:
         super().__init__()
         self.images, self.labels = images, labels
-        self.normalization = normalization
+        self.stats = stats
         self.batch_size, self.augment, self.drop_last = batch_size, augment, drop_last
         self.dtype = dtype
         # Only its order is used, so a range stands in for the dataset; Lightning calls its set_epoch.
@@ -134,7 +134,7 @@ class DeviceLoader(EpochPosition):
                 flip = self.flip_parity[indices] ^ bool(self.sampler.epoch % 2)
             flip = flip.to(images.device)[:, None, None, None]
             images = torch.where(flip, images.flip(-1), images)
-        images = normalize(images, self.normalization)
+        images = normalize(images, self.stats)
         if aug.cutout:
             images = cutout(images, aug.cutout, generator)
         return images

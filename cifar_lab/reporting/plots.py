@@ -9,6 +9,7 @@ import statistics
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
@@ -17,7 +18,7 @@ from torch import Tensor, nn
 from torchmetrics.utilities.plot import plot_confusion_matrix
 from torchvision.utils import make_grid
 
-from cifar_lab.data.augment import normalization_stats
+from cifar_lab.data.augment import ChannelStats
 from cifar_lab.reporting.statistics import spread
 
 if TYPE_CHECKING:
@@ -26,10 +27,9 @@ if TYPE_CHECKING:
 CORRECT, WRONG = "tab:green", "tab:red"
 
 
-def denormalize(images: Tensor, normalization: str = "dataset") -> Tensor:
-    """Undo a ``data.normalize`` choice: float ``[N,3,H,W]`` in [0, 1], ready to show."""
-    mean, std = (torch.tensor(stats, device=images.device).view(1, 3, 1, 1)
-                 for stats in normalization_stats(normalization))
+def denormalize(images: Tensor, stats: ChannelStats) -> Tensor:
+    """Undo the normalisation with per-channel (mean, std) ``stats``: float ``[N,3,H,W]`` in [0, 1], ready to show."""
+    mean, std = (torch.tensor(values, device=images.device).view(1, 3, 1, 1) for values in stats)
     return (images * std + mean).clamp(0, 1)
 
 
@@ -49,11 +49,18 @@ def filter_grid(conv: nn.Conv2d, zoom: int = 8) -> Tensor:
     return make_grid(weight, nrow=8, normalize=True, scale_each=True, padding=2, pad_value=1.0)
 
 
+TEXT_CELLS_UP_TO = 20  # classes whose confusion matrix shows each cell's value: CIFAR-100's 10,000 would take ~25 s
+
+
 def confusion_matrix_figure(confmat: Tensor, class_names: Sequence[str]) -> Figure:
-    """Row-normalised confusion matrix (true class per row) drawn by torchmetrics."""
-    fig = Figure(figsize=(8, 7), layout="constrained")
+    """Row-normalised confusion matrix (true class per row) drawn by torchmetrics; each cell's value written in it
+    for up to ``TEXT_CELLS_UP_TO`` classes, colour alone beyond."""
+    many = len(class_names) > TEXT_CELLS_UP_TO
+    fig = Figure(figsize=(16, 15) if many else (8, 7), layout="constrained")
     ax = fig.add_subplot()
-    plot_confusion_matrix(confmat.detach().cpu(), ax=ax, labels=list(class_names))
+    plot_confusion_matrix(confmat.detach().cpu(), ax=ax, labels=list(class_names), add_text=not many)
+    if many:
+        ax.tick_params(labelsize=5)
     ax.set_title("confusion matrix (rows: true class, normalised)")
     return fig
 
@@ -68,6 +75,34 @@ def per_class_accuracy_figure(accuracy: Tensor, class_names: Sequence[str]) -> F
     ax.set_xlim(0, 1.1)
     ax.invert_yaxis()
     ax.set_xlabel("accuracy")
+    return fig
+
+
+def reliability_diagram_figure(accuracy: Tensor, confidence: Tensor, proportion: Tensor) -> Figure:
+    """Accuracy (bars) against mean confidence (dots) per confidence bin, the diagonal of perfect calibration and
+    the ECE in the title; below, each bin's share of the samples, which says how much a bar's gap counts.
+
+    Takes the bins of ``calibration_bins``: ``n`` equal-width ones over [0, 1], then torchmetrics' bin of the
+    confidences of exactly 1.0, drawn as a narrow hatched bar at 1.
+    """
+    ece = float(torch.sum(torch.abs(accuracy - confidence) * proportion))  # as torchmetrics sums it: the same value
+    accuracy, confidence, proportion = (values.detach().cpu().numpy() for values in (accuracy, confidence, proportion))
+    n_bins = len(accuracy) - 1
+    centers = np.append((np.arange(n_bins) + 0.5) / n_bins, 1.0)
+    widths = [1 / n_bins] * n_bins + [0.25 / n_bins]
+    filled = proportion > 0
+    fig = Figure(figsize=(6, 6.5), layout="constrained")
+    ax_acc, ax_share = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+    ax_acc.plot([0, 1], [0, 1], "--", color="tab:gray", label="perfect calibration")
+    ax_acc.bar(centers, accuracy, width=widths, color="tab:blue", edgecolor="white", label="accuracy")
+    ax_acc.plot(centers[filled], confidence[filled], "o", color=WRONG, label="mean confidence")
+    ax_acc.set(title=f"reliability diagram: ECE {ece:.4f} ({n_bins} bins)", ylabel="accuracy", xlim=(0, 1.02),
+               ylim=(0, 1.02))
+    ax_acc.legend(loc="upper left", fontsize=8)
+    ax_share.bar(centers, proportion, width=widths, color="tab:gray", edgecolor="white")
+    ax_share.set(xlabel="confidence (top-1 probability)", ylabel="share of samples", ylim=(0, 1))
+    for ax in (ax_acc, ax_share):
+        ax.patches[-1].set_hatch("//")  # the confidences of exactly 1.0
     return fig
 
 

@@ -14,6 +14,7 @@ TOOLS = {  # `cifar-lab <tool> ...` -> the module that runs it (imported only wh
     "experiment": "cifar_lab.tools.experiment",
     "export": "cifar_lab.tools.export",
     "models": "cifar_lab.tools.models",
+    "robustness": "cifar_lab.tools.robustness",
     "sweep": "cifar_lab.tools.sweep",
     "visualize": "cifar_lab.tools.visualize",
 }

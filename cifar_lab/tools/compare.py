@@ -17,7 +17,7 @@ from statistics import mean
 from typing import Any
 
 from cifar_lab.callbacks.non_finite import DIVERGED_TAG
-from cifar_lab.data import CIFAR10DataModule
+from cifar_lab.data.datamodule import configured_class_count
 from cifar_lab.errors import CifarLabError, ConfigError, RunNotFoundError
 from cifar_lab.models import create
 from cifar_lab.reporting.plots import groups_figure
@@ -35,21 +35,26 @@ from cifar_lab.reporting.runs import (
 )
 from cifar_lab.reporting.statistics import Difference, Spread, difference, spread
 from cifar_lab.reporting.tables import markdown_table, write_csv
+from cifar_lab.tools.robustness import TAG_PREFIX as ROBUSTNESS_PREFIX
 
 COLUMNS = ["run", "backbone", "parameters", "epochs", "best_val_acc", "test_acc", "wall_time_s", "images_per_s"]
 # The test accuracy of the best-validation checkpoint, reported beside (never instead of) last.ckpt's.
 BEST_VAL_TEST = "test_acc_best_val_ckpt"
 # The step where the divergence guard stopped a run; a group counts its diverged runs in a column of this name.
 DIVERGED = "diverged_at_step"
+# `cifar-lab robustness` of last.ckpt, logged as robustness/<column>: shown when any run has them.
+ROBUSTNESS_COLUMNS = ("cifar10_1_acc", "cifar10_1_gap", "corruption_acc", "corruption_ece")
 # Per-epoch tags written during fit (not test): the first and last of them bound a run's wall time.
 FIT_TAGS = ("hp_metric", "train/loss_epoch", "val/acc")
 
 
 def parameter_count(config: dict[str, Any]) -> int | None:
     """Trainable parameters of the config's backbone (built here, untrained); None if it cannot be built."""
-    model = config.get("model") or {}
+    model, num_classes = config.get("model") or {}, configured_class_count(config.get("data") or {})
+    if num_classes is None:
+        return None
     try:
-        backbone = create(model.get("backbone", "simple_cnn"), num_classes=CIFAR10DataModule.num_classes,
+        backbone = create(model.get("backbone", "simple_cnn"), num_classes=num_classes,
                           **(model.get("backbone_kwargs") or {}))
     except CifarLabError:
         return None
@@ -82,6 +87,7 @@ def summary(run: Run) -> dict[str, Any]:
         "wall_time_s": wall_time(run),
         "images_per_s": mean(images_per_s) if images_per_s else None,
         DIVERGED: run.last(DIVERGED_TAG),
+        **{column: run.last(ROBUSTNESS_PREFIX + column) for column in ROBUSTNESS_COLUMNS},
     }
 
 
@@ -93,10 +99,11 @@ def differing(settings: list[dict[str, Any]]) -> dict[str, list[Any]]:
 
 
 def formatted(column: str, value: Any) -> Any:
-    """Markdown cell text: accuracies to 4 places, times and speeds to 1, counts with separators."""
+    """Markdown cell text: accuracies (and their gaps, calibration errors) to 4 places, times and speeds to 1, counts
+    with separators."""
     if value is None or isinstance(value, str):
         return value
-    if column.endswith("_acc"):
+    if column.endswith(("_acc", "_gap", "_ece")):
         return f"{value:.4f}"
     if column.endswith("_s"):
         return f"{value:.1f}"
@@ -123,7 +130,7 @@ def per_run_table(runs: list[Run]) -> tuple[list[str], list[list[Any]], list[lis
     """Header, raw rows (CSV) and formatted rows (Markdown): one row per run."""
     summaries = [summary(run) for run in runs]
     extra = differing([flatten(hyperparameters(run.config)) for run in runs])
-    columns = COLUMNS + [column for column in (BEST_VAL_TEST, DIVERGED)
+    columns = COLUMNS + [column for column in (BEST_VAL_TEST, DIVERGED, *ROBUSTNESS_COLUMNS)
                          if any(row[column] is not None for row in summaries)]
     header = columns + list(extra)
     rows = [[row[c] for c in columns] + [values[i] for values in extra.values()] for i, row in enumerate(summaries)]
@@ -174,9 +181,9 @@ def group_table(groups: list[RunGroup], baseline: str) -> tuple[list[str], list[
     spread of its accuracies and its test accuracy's difference from the ``baseline`` group. A diverged run
     counts in n and in the ``diverged`` column (shown when any run diverged), never in the accuracies."""
     summaries = {group.label: [finished_only(summary(run)) for run in group.runs] for group in groups}
-    metrics = ["test_acc", "best_val_acc"]
-    if any(row[BEST_VAL_TEST] is not None for rows in summaries.values() for row in rows):
-        metrics.append(BEST_VAL_TEST)
+    metrics = ["test_acc", "best_val_acc"] + [column for column in (BEST_VAL_TEST, *ROBUSTNESS_COLUMNS)
+                                              if any(row[column] is not None for rows in summaries.values()
+                                                     for row in rows)]
     counted = [DIVERGED_COUNT] if any(row[DIVERGED] is not None for rows in summaries.values() for row in rows) else []
     base = next(group for group in groups if group.label == baseline)
     base_test = base.by_seed([row["test_acc"] for row in summaries[baseline]])
@@ -212,11 +219,16 @@ def finished_only(row: dict[str, Any]) -> dict[str, Any]:
     return {**row, "test_acc": None, "best_val_acc": None, BEST_VAL_TEST: None}
 
 
-def notes(grouped: bool, baseline: str | None, diverged: bool) -> str:
+def notes(grouped: bool, baseline: str | None, diverged: bool, robust: bool) -> str:
     """What each number is: which split and checkpoint, and how sure it is."""
     lines = [("test_acc: test split, each run's last.ckpt (the end of training; no checkpoint is picked by a score); "
               "best_val_acc: validation split, best epoch; test_acc_best_val_ckpt (where tested, e.g. "
               "`cifar-lab experiment --test-best-val`): test split, the checkpoint of that best validation epoch.")]
+    if robust:
+        lines.append("cifar10_1_acc, corruption_acc, corruption_ece (where measured by `cifar-lab robustness` of "
+                     "last.ckpt): accuracy on CIFAR-10.1 v6, mean accuracy (mCA) and mean calibration error over "
+                     "CIFAR-10-C's 15 corruptions x 5 severities; cifar10_1_gap: clean test accuracy minus "
+                     "CIFAR-10.1's.")
     if grouped:
         lines.append(f"Runs whose configs differ only in the seed form a group: mean ± sample std over its n runs, "
                      f"ci: 95% Student-t interval of the mean. test_acc_vs_{baseline}: mean difference from the "
@@ -253,7 +265,9 @@ def compare(folders: list[Path], out: Path, name: str = "comparison", baseline: 
     paths = [out / f"{name}.md", out / f"{name}.csv", out / f"{name}.png"]
     right = [column for column in header if column not in ("group", "run", "backbone")]
     diverged = any(run.last(DIVERGED_TAG) is not None for run in runs)
-    paths[0].write_text(markdown_table(header, cells, right_aligned=right) + "\n" + notes(grouped, baseline, diverged))
+    robust = any(run.last(ROBUSTNESS_PREFIX + column) is not None for run in runs for column in ROBUSTNESS_COLUMNS)
+    paths[0].write_text(markdown_table(header, cells, right_aligned=right) + "\n"
+                        + notes(grouped, baseline, diverged, robust))
     write_csv(paths[1], csv_header, rows)
     groups_figure(groups).savefig(paths[2], dpi=80)
     return paths

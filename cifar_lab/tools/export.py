@@ -1,11 +1,11 @@
 """``cifar-lab export``: a trained checkpoint as a self-contained ONNX model or ``torch.export`` program.
 
-The exported model takes ``[N, 3, 32, 32]`` float RGB in ``[0, 1]`` (any N) and returns class
-logits; CIFAR-10 normalisation is inside it. After writing, the file is loaded back (onnxruntime,
-``torch.export.load`` or ``torch.jit.load``) and its outputs are compared with the PyTorch model's on
-random images and on CIFAR-10 test images. ``--quantize`` adds an int8 copy of the ONNX model made
-with onnxruntime's quantizer and compares accuracy and latency before and after. ``--format
-torchscript`` (``torch.jit.trace``, deprecated by torch) still works but warns: use ``--format pt2``.
+The exported model takes ``[N, 3, S, S]`` float RGB in ``[0, 1]`` (any N; S is 32, or the image size an image
+folder was trained at) and returns class logits; the training run's normalisation is inside it. After writing,
+the file is loaded back (onnxruntime, ``torch.export.load`` or ``torch.jit.load``) and its outputs are compared
+with the PyTorch model's on random images and on test images of the checkpoint's dataset. ``--quantize`` adds an
+int8 copy of the ONNX model made with onnxruntime's quantizer and compares accuracy and latency before and after.
+``--format torchscript`` (``torch.jit.trace``, deprecated by torch) still works but warns: use ``--format pt2``.
 
     cifar-lab export --ckpt_path runs/simple_cnn/version_0/checkpoints/last.ckpt --format onnx --out model.onnx
     cifar-lab export --ckpt_path runs/simple_cnn/version_0/checkpoints/last.ckpt --format pt2 --out model.pt2
@@ -22,9 +22,8 @@ import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 from torch import Tensor, nn
 
-from cifar_lab.data import sources
-from cifar_lab.data.augment import normalization_stats
-from cifar_lab.data.datamodule import default_data_dir
+from cifar_lab.data.augment import ChannelStats
+from cifar_lab.data.datamodule import ImageDataModule
 from cifar_lab.errors import ConfigError, ExportMismatchError
 from cifar_lab.module import load_classifier
 from cifar_lab.reporting.tables import markdown_table
@@ -35,13 +34,13 @@ Runner = Callable[[np.ndarray], np.ndarray]  # float32 [N,3,32,32] in [0,1] -> l
 
 
 class Normalized(nn.Module):
-    """``net`` behind the normalisation it was trained with (``data.normalize``), so callers feed plain
+    """``net`` behind the normalisation it was trained with (``ImageClassifier.input_stats``), so callers feed plain
     ``[0, 1]`` RGB."""
 
-    def __init__(self, net: nn.Module, normalization: str = "dataset") -> None:
+    def __init__(self, net: nn.Module, stats: ChannelStats) -> None:
         super().__init__()
         self.net = net
-        mean, std = normalization_stats(normalization)
+        mean, std = stats
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
 
@@ -49,28 +48,28 @@ class Normalized(nn.Module):
         return self.net((images - self.mean) / self.std)
 
 
-def traced_input() -> tuple[tuple[Tensor], tuple[dict[int, torch.export.Dim]]]:
+def traced_input(size: int) -> tuple[tuple[Tensor], tuple[dict[int, torch.export.Dim]]]:
     """The example batch exporters trace with, and its batch dimension marked dynamic so the file takes any N."""
-    return (torch.rand(2, 3, 32, 32),), ({0: torch.export.Dim("batch", min=1)},)
+    return (torch.rand(2, 3, size, size),), ({0: torch.export.Dim("batch", min=1)},)
 
 
-def export_onnx(model: nn.Module, out: Path) -> None:
+def export_onnx(model: nn.Module, out: Path, size: int) -> None:
     try:
         import onnxscript  # noqa: F401  (torch's ONNX exporter builds the graph with it)
     except ImportError as err:
         raise ConfigError(NEEDS_EXTRA) from err
-    example, dynamic_shapes = traced_input()
+    example, dynamic_shapes = traced_input(size)
     torch.onnx.export(model, example, out, input_names=["images"], output_names=["logits"],
                       dynamic_shapes=dynamic_shapes, dynamo=True, external_data=False, verbose=False)
 
 
-def export_pt2(model: nn.Module, out: Path) -> None:
-    example, dynamic_shapes = traced_input()
+def export_pt2(model: nn.Module, out: Path, size: int) -> None:
+    example, dynamic_shapes = traced_input(size)
     torch.export.save(torch.export.export(model, example, dynamic_shapes=dynamic_shapes), out)
 
 
-def export_torchscript(model: nn.Module, out: Path) -> None:
-    torch.jit.trace(model, traced_input()[0]).save(str(out))
+def export_torchscript(model: nn.Module, out: Path, size: int) -> None:
+    torch.jit.trace(model, traced_input(size)[0]).save(str(out))
 
 
 def onnx_runner(path: Path) -> Runner:
@@ -128,9 +127,9 @@ def accuracy(run: Runner, images: np.ndarray, labels: np.ndarray, batch_size: in
     return float((predicted == labels).mean())
 
 
-def as_model_input(images: np.ndarray) -> np.ndarray:
-    """uint8 ``[N, 32, 32, 3]`` -> float32 ``[N, 3, 32, 32]`` in ``[0, 1]``."""
-    return np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / 255
+def as_model_input(images: Tensor) -> np.ndarray:
+    """uint8 ``[N, 3, H, W]`` -> float32 in ``[0, 1]``."""
+    return images.numpy().astype(np.float32) / 255
 
 
 def quantize_onnx(fp32: Path, out: Path, mode: Literal["dynamic", "static"], calibration: np.ndarray) -> None:
@@ -209,22 +208,21 @@ def export(
 
 def export_and_check(ckpt_path: str, out: str, format: str, quantize: str, data_dir: str | None,  # noqa: A002
                      eval_images: int, calibration_images: int, timing_runs: int) -> None:
-    arrays = sources.load_arrays(sources.prepare(Path(data_dir or default_data_dir()).expanduser(), download=False))
-    test_images = as_model_input(arrays.test_images[:eval_images])
-    test_labels = arrays.test_labels[:eval_images]
-
     classifier = load_classifier(ckpt_path)
-    model = Normalized(classifier.backbone, classifier.input_normalization).eval()
+    data = ImageDataModule.for_evaluation(classifier.data_hparams, data_dir)
+    test = data.datasets["test"]
+    test_images, test_labels = as_model_input(test.images[:eval_images]), test.labels[:eval_images].numpy()
+    model = Normalized(classifier.backbone, classifier.input_stats).eval()
     reference = torch_runner(model)
     target = Path(out)
     target.parent.mkdir(parents=True, exist_ok=True)
     write, load = EXPORTERS[format]
-    write(model, target)
+    write(model, target, data.image_size)
     exported = load(target)
 
     checks = {
-        "random": np.random.default_rng(0).random((7, 3, 32, 32), dtype=np.float32),
-        "cifar10-test": test_images[:256],
+        "random": np.random.default_rng(0).random((7, 3, data.image_size, data.image_size), dtype=np.float32),
+        "test": test_images[:256],
     }
     for name, images in checks.items():
         difference = max_difference(reference, exported, images)
@@ -235,7 +233,7 @@ def export_and_check(ckpt_path: str, out: str, format: str, quantize: str, data_
     rows = [("pytorch", reference, None), (format, exported, target)]
     if quantize != "none":
         quantized = target.with_suffix(".int8.onnx")
-        calibration = as_model_input(arrays.train_images[:calibration_images])
+        calibration = as_model_input(data.datasets["train"].images[:calibration_images])
         quantize_onnx(target, quantized, quantize, calibration)
         rows.append((f"onnx int8 {quantize}", onnx_runner(quantized), quantized))
     print_report(rows, test_images, test_labels, with_accuracy=quantize != "none", timing_runs=timing_runs)
@@ -253,7 +251,7 @@ def print_report(rows: list[tuple[str, Runner, Path | None]], images: np.ndarray
         body.append(row + ([f"{accuracy(run, images, labels):.4f}"] if with_accuracy else []))
     print(markdown_table(header, body, right_aligned=header[1:]), end="")
     if with_accuracy:
-        print(f"(accuracy on the first {len(labels)} CIFAR-10 test images)")
+        print(f"(accuracy on the first {len(labels)} test images of the checkpoint's dataset)")
 
 
 def parser() -> ArgumentParser:

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.utils import make_grid, save_image
 
-from cifar_lab.data import CIFAR10DataModule
+from cifar_lab.data import ImageDataModule
 from cifar_lab.errors import ConfigError
-from cifar_lab.module import load_classifier
+from cifar_lab.module import ImageClassifier, load_classifier
 from cifar_lab.reporting.plots import (
     denormalize,
     filter_grid,
@@ -79,11 +79,9 @@ def grad_cam(model: nn.Module, layer: nn.Module, images: Tensor, classes: Tensor
     return cam / cam.amax(dim=(1, 2), keepdim=True).clamp_min(1e-8)
 
 
-def test_split(data_dir: str | None, normalization: str) -> tuple[Tensor, Tensor]:
-    """The CIFAR-10 test images, normalised as the model saw them, and their labels."""
-    data = CIFAR10DataModule(data_dir=data_dir, download=False, val_size=0, normalize=normalization)
-    data.setup("test")
-    test = data.datasets["test"]
+def test_split(model: ImageClassifier, data_dir: str | None) -> tuple[Tensor, Tensor]:
+    """The test images of the model's dataset, normalised as the model saw them, and their labels."""
+    test = ImageDataModule.for_evaluation(model.data_hparams, data_dir).datasets["test"]
     return torch.stack([test[i][0] for i in range(len(test))]), test.labels.clone()
 
 
@@ -106,11 +104,11 @@ def visualize(ckpt_path: Path, out: Path, count: int = 8, layer_names: list[str]
     """Write the four kinds of picture for ``count`` test images (the first, or the most confident mistakes);
     returns the files written."""
     model = load_classifier(ckpt_path)
-    images, targets = test_split(data_dir, model.input_normalization)
+    images, targets = test_split(model, data_dir)
     first = torch.arange(min(count, len(targets)))
     chosen = most_confident_mistakes(model, images, targets, count) if misclassified else first
     images, targets = images[chosen], targets[chosen]
-    shown, names = denormalize(images, model.input_normalization), model.class_names
+    shown, names = denormalize(images, model.input_stats), model.class_names
     out.mkdir(parents=True, exist_ok=True)
     written = []
 
