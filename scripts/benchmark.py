@@ -9,6 +9,10 @@
                 unnormalised images through a per-image DataLoader, 12 epochs) vs ``configs/fast/cpu.yaml``
                 through the CLI: test accuracy ``--evals-per-epoch`` times an epoch (evaluation not
                 timed) and the training seconds each needs to reach the tutorial's final accuracy.
+  e. airbench:  on one GPU, the public airbench package's 94% trainer (``pip install airbench==0.1.8``, or
+                ``--airbench-path`` to its unpacked source) vs ``configs/fast/airbench94.yaml`` through the
+                CLI, ``--seeds`` runs each, each trainer in a subprocess of its own, timed the same way
+                after a warm-up run; then section b on the same GPU. Without CUDA it says so and skips.
 
 Each figure is a median over ``--repeats``. ``--quick`` shrinks everything to CPU size (and says
 so in the table). Results go to stdout; ``--out DIR`` also writes ``benchmark.json`` and
@@ -24,6 +28,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -39,7 +45,7 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from cifar_lab.cli import CifarLabCLI, build_cli
-from cifar_lab.data import ImageDataModule
+from cifar_lab.data import ImageDataModule, sources
 from cifar_lab.data.datamodule import ImageArrayDataset
 from cifar_lab.models import create
 
@@ -120,8 +126,118 @@ class StepTimer(L.Callback):
         self.seconds = time.perf_counter() - self.start
 
 
+PROXY_BACKBONE, PROXY_BATCH = "lenet5", 32  # a step of about 5 ms on one CPU thread: Lightning's host time shows
+
+
+class BareModule(L.LightningModule):
+    """Lightning at its barest: a network, its loss and SGD; run with no callbacks and no logger."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        return F.cross_entropy(self.net(images), labels, label_smoothing=0.2)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return proxy_optimizer(self.net)
+
+
+def proxy_optimizer(net: nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.85, nesterov=True, weight_decay=5e-4)
+
+
+class StepClock(L.Callback):
+    """Host seconds of the training steps after ``warmup``: from the end of the warm-up's last step to the end of
+    the last one (the checkpoint and teardown at the end of fit are not steps)."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.start, self.end = warmup, 0.0, 0.0
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        now = time.perf_counter()
+        if trainer.global_step == self.warmup:
+            self.start = now
+        self.end = now
+
+
+def bench_host_overhead(args: argparse.Namespace) -> dict:
+    """b. on a CPU: the host time Lightning adds to a training step, where a narrow net at a small batch on one
+    thread makes it show. The same net, batches, loss and SGD three ways: a plain loop, bare Lightning (no
+    callbacks, no logger) and ``cifar-lab fit`` with the callbacks, logger and divergence guard every run gets.
+    Min and median ms per step over ``--repeats`` fits of ``--overhead-steps`` steps each (plus warm-up)."""
+    steps, warmup, threads = args.overhead_steps, 10, torch.get_num_threads()
+    dm = ImageDataModule(args.data_dir, download=False, batch_size=PROXY_BATCH, val_size=0, loader="device",
+                         drop_last=True, augment="none")
+    dm.prepare_data()
+    dm.setup("fit")
+
+    def network() -> nn.Module:
+        torch.manual_seed(0)
+        return create(PROXY_BACKBONE)
+
+    def plain() -> float:
+        net, loader = network().train(), dm.train_dataloader()
+        optimizer, batches = proxy_optimizer(net), iter(loader)
+        for step in range(warmup + steps):
+            if step == warmup:
+                start = time.perf_counter()
+            try:
+                images, labels = next(batches)
+            except StopIteration:  # a new epoch, as Lightning starts one
+                batches = iter(loader)
+                images, labels = next(batches)
+            loss = F.cross_entropy(net(images), labels, label_smoothing=0.2)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return time.perf_counter() - start
+
+    def bare() -> float:
+        clock = StepClock(warmup)
+        trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=warmup + steps, logger=False, callbacks=[clock],
+                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+        trainer.fit(BareModule(network()), train_dataloaders=dm.train_dataloader())
+        return clock.end - clock.start
+
+    def ours() -> float:
+        cli = build_cli(["--config", str(CPU_CONFIG), "--model.backbone", PROXY_BACKBONE, "--model.backbone_kwargs", "null",
+                         "--model.lr_scheduler", "null", "--model.channels_last", "false", "--model.norm_lr_scale", "1",
+                         "--model.label_smoothing", "0.2", "--model.optimizer.init_args.lr", "0.1",
+                         "--model.optimizer.init_args.weight_decay", "5e-4",  # the recipe's SGD, proxy_optimizer's rate
+                         "--trainer.callbacks", "[]", "--trainer.precision", "32-true", "--data.augment", "none",
+                         "--data.batch_augment", "null", "--data.batch_size", str(PROXY_BATCH), "--data.val_size", "0",
+                         "--data.data_dir", args.data_dir, "--trainer.max_steps", str(warmup + steps),
+                         "--trainer.max_epochs", "-1", "--trainer.default_root_dir", args.scratch,
+                         "--trainer.logger.init_args.save_dir", args.scratch], run=False)
+        clock = StepClock(warmup)
+        cli.trainer.callbacks.append(clock)
+        cli.datamodule.datasets = dm.datasets  # skip re-reading the array file
+        cli.trainer.fit(cli.model, cli.datamodule)
+        return clock.end - clock.start
+
+    torch.set_num_threads(1)
+    try:
+        seconds = {name: [loop() for _ in range(args.repeats)] for name, loop in
+                   (("plain_loop", plain), ("bare_lightning", bare), ("lightning", ours))}
+    finally:
+        torch.set_num_threads(threads)
+    results = {"proxy": f"{PROXY_BACKBONE}, batch {PROXY_BATCH}, 1 thread, {steps} steps x {args.repeats} repeats"}
+    for name, runs in seconds.items():
+        results[f"{name}_ms_per_step_min"] = 1e3 * min(runs) / steps
+        results[f"{name}_ms_per_step_median"] = 1e3 * statistics.median(runs) / steps
+    results["lightning_extra_ms_per_step"] = results["lightning_ms_per_step_min"] - results["plain_loop_ms_per_step_min"]
+    results["lightning_extra_vs_bare_ms_per_step"] = (results["lightning_ms_per_step_min"]
+                                                      - results["bare_lightning_ms_per_step_min"])
+    return results
+
+
 def bench_overhead(args: argparse.Namespace, device: torch.device) -> dict:
-    """b. Lightning + ImageClassifier vs a plain loop: same backbone, batch, SGD, precision, loader."""
+    """b. Lightning + ImageClassifier vs a plain loop: same backbone, batch, SGD, precision, loader (on a GPU; on
+    a CPU, where host time shows only in a proxy, ``bench_host_overhead``)."""
+    if device.type == "cpu":
+        return bench_host_overhead(args)
     precision = "bf16-mixed" if device.type == "cuda" else "32-true"
     steps, warmup = args.overhead_steps, 5
     dm = datamodule(args, val_size=0)  # as the fast config: every training image
@@ -360,9 +476,79 @@ def bench_cpu_recipe(args: argparse.Namespace, device: torch.device) -> dict:
     }
 
 
+# Runs in a subprocess in the folder that holds cifar10/{train,test}.pt: importing airbench builds CUDA state
+# and sets cudnn flags, which must not leak into our own runs. Prints one JSON line per seed.
+AIRBENCH_RUNNER = """
+import json, sys, time, torch
+import airbench
+airbench.warmup94(verbose=False)  # compiles kernels and tunes cudnn, as our warm-up run does
+test = airbench.CifarLoader("cifar10", train=False, batch_size=2000)
+for seed in range(int(sys.argv[1])):
+    torch.manual_seed(seed)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    model = airbench.train94(verbose=False)
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    accuracy = airbench.evaluate(model, test, tta_level=2)  # its recipe's test-time augmentation
+    print(json.dumps({"seed": seed, "train_seconds": seconds, "test_acc": accuracy}), flush=True)
+"""
+
+
+def write_airbench_data(data_dir: Path, folder: Path) -> Path:
+    """CIFAR-10 from our array cache as airbench's ``CifarLoader`` reads it (``<folder>/cifar10/{train,test}.pt``:
+    uint8 ``[N,32,32,3]`` images, int64 labels and the class names), so it downloads nothing."""
+    arrays = sources.load_arrays(sources.prepare(data_dir, download=False))
+    target = folder / "cifar10"
+    target.mkdir(parents=True, exist_ok=True)
+    for split, images, labels in (("train", arrays.train_images, arrays.train_labels),
+                                  ("test", arrays.test_images, arrays.test_labels)):
+        torch.save({"images": torch.from_numpy(images), "labels": torch.from_numpy(labels),
+                    "classes": list(arrays.classes)}, target / f"{split}.pt")
+    return target
+
+
+def seeded_summary(runs: list[dict]) -> dict:
+    """Mean and standard deviation of the accuracies and training seconds of some seeded runs."""
+    accs, seconds = [r["test_acc"] for r in runs], [r["train_seconds"] for r in runs]
+    return {"runs": runs, "mean_test_acc": statistics.mean(accs), "mean_train_seconds": statistics.mean(seconds),
+            "std_test_acc": statistics.stdev(accs) if len(runs) > 1 else 0.0,
+            "std_train_seconds": statistics.stdev(seconds) if len(runs) > 1 else 0.0}
+
+
+def bench_airbench(args: argparse.Namespace, device: torch.device) -> dict:
+    """e. airbench94 (the public package) vs our airbench94 recipe on the same GPU, then section b there."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        print("airbench: no CUDA device here; this section compares with airbench94 on a GPU only: skipped",
+              flush=True)
+        return {"skipped": "no CUDA device"}
+    folder = Path(args.scratch) / "airbench"
+    write_airbench_data(Path(args.data_dir), folder)
+    path = os.pathsep.join(filter(None, [args.airbench_path, os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
+    theirs = subprocess.run([sys.executable, "-c", AIRBENCH_RUNNER, str(args.seeds)], cwd=folder, env=env,
+                            capture_output=True, text=True, check=False)
+    if theirs.returncode != 0:
+        raise SystemExit(f"airbench failed (pip install airbench==0.1.8, or --airbench-path): "
+                         f"{theirs.stderr[-2000:]}")
+    ours_out = folder / "ours"
+    ours = subprocess.run([sys.executable, __file__, "--device", "cuda", "--sections", "accuracy", "--config",
+                           str(FAST_CONFIG), "--seeds", str(args.seeds), "--precision", args.precision,
+                           "--data-dir", args.data_dir, "--out", str(ours_out)], capture_output=True, text=True,
+                          check=False)
+    if ours.returncode != 0:
+        raise SystemExit(f"our airbench94 runs failed: {ours.stderr[-2000:]}")
+    airbench = seeded_summary([json.loads(line) for line in theirs.stdout.splitlines() if line.startswith("{")])
+    ours_runs = json.loads((ours_out / "benchmark.json").read_text())["accuracy"]["runs"]
+    cifar_lab = seeded_summary(ours_runs)
+    ratio = cifar_lab["mean_train_seconds"] / airbench["mean_train_seconds"]
+    return {"airbench94": airbench, "cifar_lab": cifar_lab, "ratio_train_seconds_ours_vs_airbench": ratio,
+            "overhead": bench_overhead(args, device)}
+
+
 def markdown(report: dict) -> str:
     env, a, b, c = report["environment"], report.get("pipeline"), report.get("overhead"), report.get("accuracy")
-    d = report.get("cpu-recipe")
+    d, e = report.get("cpu-recipe"), report.get("airbench")
     lines = [f"Device: {env['device']}; torch {env['torch']}, lightning {env['lightning']}"
              + (" (quick)" if env["quick"] else "")]
     if a or b or c:
@@ -370,7 +556,7 @@ def markdown(report: dict) -> str:
                   "| measurement | images/s or value |", "| --- | --- |"]
     for section in (a, b):
         for key, value in (section or {}).items():
-            lines.append(f"| {key} | {value:,.2f} |")
+            lines.append(f"| {key} | {value if isinstance(value, str) else f'{value:,.2f}'} |")
     if c:
         lines.append(f"| fast config test acc, mean ± std over {len(c['runs'])} seeds | "
                      f"{100 * c['mean_test_acc']:.2f}% ± {100 * c['std_test_acc']:.2f} |")
@@ -390,6 +576,19 @@ def markdown(report: dict) -> str:
                                                                  ("tutorial_curve", d["tutorial_seconds_to_target"])))
             lines.append(f"Time to the tutorial's final accuracy (first reached at epoch {ours_epoch:g} vs "
                          f"{tutorial_epoch:g}), ours / tutorial: {d['ratio_ours_vs_tutorial']:.3f}")
+    if e and "skipped" not in e:
+        seeds = len(e["airbench94"]["runs"])
+        lines += ["", f"| trainer ({seeds} seeds) | test acc, mean ± std | training s, mean ± std |",
+                  "| --- | --- | --- |"]
+        for name, runs in (("airbench94 (airbench==0.1.8)", e["airbench94"]),
+                           ("configs/fast/airbench94.yaml", e["cifar_lab"])):
+            lines.append(f"| {name} | {100 * runs['mean_test_acc']:.2f}% ± {100 * runs['std_test_acc']:.2f} | "
+                         f"{runs['mean_train_seconds']:.2f} ± {runs['std_train_seconds']:.2f} |")
+        lines.append(f"\nTraining time, ours / airbench94: {e['ratio_train_seconds_ours_vs_airbench']:.3f}; "
+                     f"Lightning / plain loop images/s: {e['overhead']['ratio_lightning_vs_plain']:.3f}, "
+                     f"host-device syncs per step: {e['overhead'].get('lightning_host_syncs_per_step', 'n/a')}")
+    elif e:
+        lines.append(f"\nairbench section: {e['skipped']}, not run")
     return "\n".join(lines) + "\n"
 
 
@@ -414,6 +613,8 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=FAST_CONFIG, help="the accuracy runs' recipe")
     parser.add_argument("--precision", default="bf16-mixed", help="the accuracy run's precision on a GPU")
     parser.add_argument("--fit-args", default="", help="extra CLI arguments for the accuracy runs")
+    parser.add_argument("--airbench-path", help="airbench: a folder holding the airbench package's source, when it "
+                                                "is not installed")
     parser.add_argument("--evals-per-epoch", type=positive_int, default=4,
                         help="cpu-recipe: test accuracy this many times an epoch (not timed)")
     args = parser.parse_args()
@@ -435,7 +636,7 @@ def main() -> None:
         "repeats": args.repeats, "quick": args.quick, "precision": args.precision, "fit_args": args.fit_args,
     }}
     benches = {"pipeline": bench_pipeline, "overhead": bench_overhead, "accuracy": bench_accuracy,
-               "cpu-recipe": bench_cpu_recipe}
+               "cpu-recipe": bench_cpu_recipe, "airbench": bench_airbench}
     for name in args.sections.split(","):
         report[name] = benches[name](args, device)
         print(json.dumps({name: report[name]}, indent=1), flush=True)

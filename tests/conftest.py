@@ -1,5 +1,6 @@
 """Fixtures: tiny CIFAR-format datasets in temporary folders (built by ``tests.helpers``) and a trained checkpoint."""
 
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -47,26 +48,27 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+def published(data_dir: Path, write: Callable[[Path], tuple[list, list, str]], release: type[CIFAR10],
+              monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Tiny batch files written by ``write`` into ``data_dir``, torchvision's checksum table of ``release`` patched
+    to match them."""
+    train_list, test_list, meta_md5 = write(data_dir)
+    monkeypatch.setattr(release, "train_list", train_list)
+    monkeypatch.setattr(release, "test_list", test_list)
+    monkeypatch.setattr(release, "meta", {**release.meta, "md5": meta_md5})
+    return data_dir
+
+
 @pytest.fixture
 def batches_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A data dir with tiny batch files, torchvision's checksum table patched to match them."""
-    data_dir = tmp_path / "data"
-    train_list, test_list, meta_md5 = write_batches(data_dir)
-    monkeypatch.setattr(CIFAR10, "train_list", train_list)
-    monkeypatch.setattr(CIFAR10, "test_list", test_list)
-    monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": meta_md5})
-    return data_dir
+    """A data dir with tiny CIFAR-10 batch files that pass the checksum check."""
+    return published(tmp_path / "data", write_batches, CIFAR10, monkeypatch)
 
 
 @pytest.fixture
 def cifar100_batches_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A data dir with tiny CIFAR-100 batch files, torchvision's checksum table patched to match them."""
-    data_dir = tmp_path / "data"
-    train_list, test_list, meta_md5 = write_cifar100_batches(data_dir)
-    monkeypatch.setattr(CIFAR100, "train_list", train_list)
-    monkeypatch.setattr(CIFAR100, "test_list", test_list)
-    monkeypatch.setattr(CIFAR100, "meta", {**CIFAR100.meta, "md5": meta_md5})
-    return data_dir
+    """A data dir with tiny CIFAR-100 batch files that pass the checksum check."""
+    return published(tmp_path / "data", write_cifar100_batches, CIFAR100, monkeypatch)
 
 
 @pytest.fixture(scope="session")

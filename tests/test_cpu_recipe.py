@@ -1,8 +1,10 @@
 """Laptop mode: the ``threads`` knob and the benchmark's ``cpu-recipe`` section on tiny data."""
 
 import json
+import logging
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -113,3 +115,26 @@ def test_bf16_on_a_cpu_without_bf16_instructions_warns_with_the_fix(native: bool
     assert messages == ([] if native else [
         "trainer.precision=bf16-mixed: this CPU has no bf16 instructions (AVX512-BF16 or AMX), so bf16 is emulated "
         "and usually slower than fp32; --trainer.precision 32-true is faster here"])
+
+
+@pytest.mark.parametrize(("native", "accelerator", "precision", "expected"), [
+    (True, "cpu", "null", "bf16-mixed"),  # the flag is there: native bf16 autocast
+    (False, "cpu", "null", "32-true"),  # no flag: bf16 would be emulated
+    (True, "auto", "null", "bf16-mixed"),  # no GPU here, so auto is the CPU
+    (True, "cpu", "32-true", "32-true"),  # a precision the config sets wins
+    (False, "cpu", "bf16-mixed", "bf16-mixed"),
+])
+def test_a_null_precision_is_bf16_where_the_cpu_has_it_and_fp32_elsewhere_and_a_set_one_wins(
+        native: bool, accelerator: str, precision: str, expected: str, npz_dir: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(sys, "argv", ["cifar-lab"])
+    monkeypatch.setattr("cifar_lab.cli.checks.cpu_has_bf16", lambda: native)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with caplog.at_level(logging.INFO), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the emulated-bf16 warning of the last case, tested above
+        cli = build_cli(["--trainer.precision", precision, "--trainer.accelerator", accelerator,
+                         "--data.data_dir", str(npz_dir), "--trainer.logger", "false"], run=False)
+    assert cli.config.trainer.precision == expected  # what the saved config.yaml records
+    assert cli.trainer.precision == expected
+    said = [record.getMessage() for record in caplog.records if "trainer.precision is null" in record.getMessage()]
+    assert len(said) == (precision == "null") and all(expected in line for line in said)

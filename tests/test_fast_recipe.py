@@ -5,6 +5,7 @@ from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -14,7 +15,7 @@ from cifar_lab.models import create
 from cifar_lab.module import ImageClassifier
 from cifar_lab.optim import apply_group_scales, parameter_groups
 from cifar_lab.schedules import PiecewiseLinearLR
-from tests.helpers import learning_rates, load_benchmark
+from tests.helpers import CLASSES, learning_rates, load_benchmark
 
 
 def test_patch_whitening_decorrelates_the_first_layer() -> None:
@@ -105,14 +106,42 @@ def test_channels_last_backbone_gives_the_same_logits() -> None:
         torch.testing.assert_close(fast(images), plain(images), atol=1e-5, rtol=1e-4)
 
 
-def test_benchmark_overhead_section_compares_lightning_with_the_plain_loop(
+def test_benchmark_overhead_section_times_a_cpu_step_three_ways_and_subtracts_the_plain_loop(
         npz_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CIFAR_LAB_DATA", str(npz_dir))  # the CLI's DataModule checks its data dir at fit
     benchmark = load_benchmark()
-    args = SimpleNamespace(batch_size=8, overhead_steps=3, repeats=1, data_dir=str(npz_dir), scratch=str(tmp_path))
+    args = SimpleNamespace(overhead_steps=3, repeats=2, data_dir=str(npz_dir), scratch=str(tmp_path))
+    threads = torch.get_num_threads()
     result = benchmark.bench_overhead(args, torch.device("cpu"))
-    assert result["plain_loop"] > 0 and result["lightning"] > 0
-    assert result["ratio_lightning_vs_plain"] == pytest.approx(result["lightning"] / result["plain_loop"])
-    ms_per_step = {loop: 1e3 * 8 / result[loop] for loop in ("plain_loop", "lightning")}
-    assert result["lightning_extra_ms_per_step"] == pytest.approx(ms_per_step["lightning"] - ms_per_step["plain_loop"])
+    assert torch.get_num_threads() == threads  # one thread while timing, then back
+    for loop in ("plain_loop", "bare_lightning", "lightning"):
+        assert 0 < result[f"{loop}_ms_per_step_min"] <= result[f"{loop}_ms_per_step_median"]
+    assert result["lightning_extra_ms_per_step"] == pytest.approx(
+        result["lightning_ms_per_step_min"] - result["plain_loop_ms_per_step_min"])
+    assert result["lightning_extra_vs_bare_ms_per_step"] == pytest.approx(
+        result["lightning_ms_per_step_min"] - result["bare_lightning_ms_per_step_min"])
     assert "lightning_host_syncs_per_step" not in result  # counted on CUDA only
+
+
+def test_the_airbench_section_writes_the_files_airbenchs_loader_reads(npz_dir: Path, tmp_path: Path) -> None:
+    benchmark = load_benchmark()
+    folder = benchmark.write_airbench_data(npz_dir, tmp_path)
+    arrays = np.load(npz_dir / "cifar10.npz")
+    for split in ("train", "test"):
+        # What airbench's CifarLoader does with it: data["images"].half() / 255, permuted NHWC -> NCHW.
+        data = torch.load(folder / f"{split}.pt", weights_only=True)
+        assert sorted(data) == ["classes", "images", "labels"] and data["classes"] == CLASSES
+        images, labels = data["images"], data["labels"]
+        assert images.dtype == torch.uint8 and images.shape == (len(arrays[f"{split}_labels"]), 32, 32, 3)
+        assert labels.dtype == torch.int64 and torch.equal(labels, torch.from_numpy(arrays[f"{split}_labels"]))
+        assert torch.equal(images, torch.from_numpy(arrays[f"{split}_images"]))
+
+
+def test_the_airbench_section_says_it_needs_cuda_and_skips_cleanly_without_it(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    benchmark = load_benchmark()
+    result = benchmark.bench_airbench(SimpleNamespace(), torch.device("cpu"))
+    assert result == {"skipped": "no CUDA device"}
+    assert "no CUDA device here" in capsys.readouterr().out
+    report = {"environment": {"device": "CPU", "torch": "t", "lightning": "l", "quick": False}, "airbench": result}
+    assert benchmark.markdown(report).endswith("airbench section: no CUDA device, not run\n")

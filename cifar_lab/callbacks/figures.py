@@ -112,9 +112,11 @@ class FigureLogger(Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
+        # once per run (a resumed run has taken steps already); the cheap tests first, as this runs every step
+        if not (self.training_images and batch_idx == 0 and trainer.global_step == 0 and trainer.is_global_zero):
+            return
         loggers = tensorboard_loggers(trainer)
-        if not (self.training_images and trainer.global_step == 0 and batch_idx == 0 and trainer.is_global_zero
-                and loggers):  # once per run: a resumed run has taken steps already
+        if not loggers:
             return
         images, targets = (part[: self.training_images] for part in batch)
         shown = denormalize(images.float(), trainer.datamodule.input_stats)

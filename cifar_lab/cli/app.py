@@ -22,6 +22,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
 
 from cifar_lab.callbacks import (
     CSVPredictionWriter,
@@ -35,7 +36,7 @@ from cifar_lab.callbacks import (
     SaveConfigAsHparams,
 )
 from cifar_lab.checkpoint_io import AtomicCheckpointIO, is_local, load_checkpoint_file
-from cifar_lab.cli.checks import check_fit_config, check_precision
+from cifar_lab.cli.checks import automatic_precision, check_fit_config, check_precision
 from cifar_lab.cli.resume import ResumeRun
 from cifar_lab.data import ImageDataModule
 from cifar_lab.data.image_files import CIFAR_SIZE
@@ -107,6 +108,9 @@ class CifarLabCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         if config.threads is not None:
             set_threads(config.threads)
+        if config.trainer.precision is None:  # chosen here, so the saved config.yaml says what ran
+            config.trainer.precision, reason = automatic_precision(config.trainer.accelerator)
+            rank_zero_info(f"trainer.precision is null: running in {config.trainer.precision} ({reason})")
         if self.subcommand == "fit":
             check_fit_config(config)
             checkpoint_after_validation(config)

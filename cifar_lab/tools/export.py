@@ -183,8 +183,8 @@ def export(
             ``torch.export.load``) or ``torchscript`` (``torch.jit.trace``, deprecated: use ``pt2``).
         quantize: also write ``<out>.int8.onnx`` with int8 weights (``dynamic``) or int8 weights and
             activations calibrated on training images (``static``); ONNX only.
-        data_dir: CIFAR-10 folder for the real-image check, calibration and accuracy; null means
-            ``$CIFAR_LAB_DATA`` or ``./data``.
+        data_dir: where the checkpoint's dataset is now, for the real-image check, calibration and accuracy; null
+            means its saved ``data.data_dir``, else ``$CIFAR_LAB_DATA`` or ``./data``.
         eval_images: test images for the accuracy comparison of ``--quantize``.
         calibration_images: training images that calibrate ``--quantize static``.
         timing_runs: timed calls behind each latency figure (their median).

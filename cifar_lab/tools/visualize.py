@@ -141,7 +141,8 @@ def parser() -> argparse.ArgumentParser:
                         help="show the test images the model gets wrong most confidently instead of the first ones")
     parser.add_argument("--layers", nargs="+", help="modules whose feature maps to show (default: first and last conv)")
     parser.add_argument("--cam_layer", help="module for Grad-CAM (default: the last conv)")
-    parser.add_argument("--data_dir", help="folder with cifar10.npz (default: $CIFAR_LAB_DATA or ./data)")
+    parser.add_argument("--data_dir", help="where the checkpoint's dataset is now (default: its data.data_dir, else "
+                                           "$CIFAR_LAB_DATA or ./data)")
     parser.add_argument("--out", type=Path, default=Path("visualize"), help="folder for the PNG files")
     return parser
 
