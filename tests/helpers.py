@@ -194,6 +194,9 @@ def fit_until_killed(cwd: Path, data_dir: Path, *args: str) -> None:
     assert process.wait() == -signal.SIGKILL, process.stderr.read()[-3000:]
 
 
+PRINT_CONFIG_LOCK = threading.Lock()
+
+
 class ThreadStdout(io.TextIOBase):
     """``sys.stdout`` that a thread can redirect to a buffer of its own while the others keep writing through."""
 
@@ -210,15 +213,13 @@ class ThreadStdout(io.TextIOBase):
 def asked_config_in_process(command: list[str]) -> dict:
     """What ``experiment.asked_config`` (a ``fit --print_config`` subprocess) returns, in this process: for the
     suite and sweep drivers that tests run in-process (the tests of a driver in a subprocess run the real one).
-    A driver with ``--jobs 2`` asks from two threads while the other prints progress, so the printed config is
-    caught per thread."""
-    stdout = sys.stdout if isinstance(sys.stdout, ThreadStdout) else ThreadStdout(sys.stdout)
-    stdout.local.buffer = out = io.StringIO()
-    try:
+    A driver with ``--jobs 2`` asks from two threads while the other prints progress: one asks at a time, and what
+    the other threads print meanwhile goes through to stdout, not into the config."""
+    with PRINT_CONFIG_LOCK:
+        stdout = ThreadStdout(sys.stdout)
+        stdout.local.buffer = out = io.StringIO()
         with contextlib.redirect_stdout(stdout), pytest.raises(SystemExit):
             main([*command[1:], "--print_config"])
-    finally:
-        stdout.local.buffer = None
     return yaml.safe_load(out.getvalue())
 
 

@@ -108,7 +108,7 @@ def test_bf16_on_a_cpu_without_bf16_instructions_warns_with_the_fix(native: bool
                                                                     monkeypatch: pytest.MonkeyPatch,
                                                                     recwarn: pytest.WarningsRecorder) -> None:
     monkeypatch.setattr(sys, "argv", ["cifar-lab"])
-    monkeypatch.setattr("cifar_lab.cli.checks.cpu_has_bf16", lambda: native)
+    monkeypatch.setattr("cifar_lab.precision.cpu_has_bf16", lambda: native)
     build_cli(["--trainer.precision", "bf16-mixed", "--trainer.accelerator", "cpu", "--data.data_dir", str(npz_dir),
                "--trainer.logger", "false"], run=False)
     messages = [str(w.message) for w in recwarn if "no bf16 instructions" in str(w.message)]
@@ -128,7 +128,7 @@ def test_a_null_precision_is_bf16_where_the_cpu_has_it_and_fp32_elsewhere_and_a_
         native: bool, accelerator: str, precision: str, expected: str, npz_dir: Path, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(sys, "argv", ["cifar-lab"])
-    monkeypatch.setattr("cifar_lab.cli.checks.cpu_has_bf16", lambda: native)
+    monkeypatch.setattr("cifar_lab.precision.cpu_has_bf16", lambda: native)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with caplog.at_level(logging.INFO), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the emulated-bf16 warning of the last case, tested above

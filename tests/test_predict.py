@@ -97,7 +97,8 @@ def test_predict_on_image_files_matches_the_models_forward(checkpoint: Path, tmp
     out = tmp_path / "out" / "predictions.csv"
     # Only the checkpoint: the model config comes from its hyperparameters; no CIFAR-10 on disk.
     result = cifar_lab("predict", "--ckpt_path", str(checkpoint), "--data.predict_path", str(tmp_path / "photos"),
-                       "--predictions.output_path", str(out), "--data.num_workers", "0",
+                       "--predictions.output_path", str(out), "--data.num_workers", "0", "--trainer.precision",
+                       "32-true",  # as the model's own forward below (null would be bf16 on a CPU that has it)
                        cwd=tmp_path, data_dir=tmp_path / "no_cifar")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "corrupt.png" in result.stderr and "skipping" in result.stderr

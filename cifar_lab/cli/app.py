@@ -36,12 +36,13 @@ from cifar_lab.callbacks import (
     SaveConfigAsHparams,
 )
 from cifar_lab.checkpoint_io import AtomicCheckpointIO, is_local, load_checkpoint_file
-from cifar_lab.cli.checks import automatic_precision, check_fit_config, check_precision
+from cifar_lab.cli.checks import check_fit_config, check_precision
 from cifar_lab.cli.resume import ResumeRun
 from cifar_lab.data import ImageDataModule
 from cifar_lab.data.image_files import CIFAR_SIZE
 from cifar_lab.errors import CifarLabError, ConfigError
 from cifar_lab.module import ImageClassifier
+from cifar_lab.precision import automatic_precision
 from cifar_lab.reporting.runs import RUNS_DIR, RunFolder
 from cifar_lab.tools import PARENT_PID_ENV, TOOLS, tool_main
 

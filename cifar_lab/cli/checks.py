@@ -6,12 +6,12 @@ CPU would silently run in another precision than the saved config says. bf16 on 
 instructions is allowed but slow, so it gets a warning.
 """
 
-import torch
 from jsonargparse import Namespace
 from lightning.pytorch import Trainer
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.utilities import rank_zero_warn
 
+from cifar_lab import precision
 from cifar_lab.errors import ConfigError
 from cifar_lab.schedules import check_schedule
 
@@ -32,24 +32,6 @@ def check_fit_config(config: Namespace) -> None:
                        config.model.scheduler_interval, validates)
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this x86 CPU computes in bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated."""
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-
-
-def automatic_precision(accelerator: object) -> tuple[str, str]:
-    """The precision of a run whose config leaves ``trainer.precision`` null, and why: bf16 autocast on a CPU that
-    computes in bf16 natively, fp32 on other CPUs (emulated bf16 is slower) and on accelerators (where a config says
-    what the card supports: ``configs/trainer/gpu.yaml``)."""
-    on_cpu = accelerator == "cpu" or (accelerator in (None, "auto") and not torch.cuda.is_available()
-                                      and not torch.backends.mps.is_available())
-    if not on_cpu:
-        return "32-true", "not a CPU run: set trainer.precision for the accelerator (bf16-mixed on recent GPUs)"
-    if cpu_has_bf16():
-        return "bf16-mixed", "this CPU computes in bf16 natively (AVX512-BF16 or AMX)"
-    return "32-true", "this CPU has no bf16 instructions, so bf16 would be emulated and slower"
-
-
 def check_precision(trainer: Trainer, requested: str | int | None) -> None:
     """fp16 autocast needs a GPU; Lightning would quietly switch the CPU to bf16 instead."""
     if not isinstance(trainer.accelerator, CPUAccelerator):
@@ -59,6 +41,6 @@ def check_precision(trainer: Trainer, requested: str | int | None) -> None:
             f"trainer.precision={requested} needs a GPU (fp16 autocast does not run on the CPU); on the CPU use "
             f"--trainer.precision bf16-mixed or 32-true"
         )
-    if str(requested) in ("bf16", "bf16-mixed") and not cpu_has_bf16():
+    if str(requested) in ("bf16", "bf16-mixed") and not precision.cpu_has_bf16():
         rank_zero_warn(f"trainer.precision={requested}: this CPU has no bf16 instructions (AVX512-BF16 or AMX), so "
                        f"bf16 is emulated and usually slower than fp32; --trainer.precision 32-true is faster here")

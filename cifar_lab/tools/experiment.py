@@ -43,6 +43,7 @@ import yaml
 
 from cifar_lab.callbacks.non_finite import DIVERGED_TAG
 from cifar_lab.errors import ConfigError, ExperimentFailedError, RunNotFoundError
+from cifar_lab.precision import automatic_precision
 from cifar_lab.reporting.runs import RUNS_DIR, RunFolder, experiment_settings, load_run
 from cifar_lab.tools import PARENT_PID_ENV
 from cifar_lab.tools.compare import best_val_test, compare, differing
@@ -173,8 +174,13 @@ def run_cli(command: list[str], log: IO[str] | None = None, env: dict[str, str] 
 @functools.cache
 def asked_settings(command: tuple[str, ...]) -> dict[str, Any]:
     """``experiment_settings`` of the config a ``fit`` command would run (``--print_config``); the seed is not
-    among them, so a variant's seeds share one answer."""
-    return experiment_settings(asked_config(list(command)))
+    among them, so a variant's seeds share one answer. A null precision is what fit would choose for it here, as
+    the saved config of a run records that choice."""
+    config = asked_config(list(command))
+    trainer = config.setdefault("trainer", {})
+    if trainer.get("precision") is None:
+        trainer["precision"] = automatic_precision(trainer.get("accelerator"))[0]
+    return experiment_settings(config)
 
 
 def asked_config(command: list[str]) -> dict[str, Any]:

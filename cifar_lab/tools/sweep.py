@@ -38,7 +38,13 @@ from cifar_lab.callbacks.trial_pruning import PRUNED_TAG, TrialPruning, make_pru
 from cifar_lab.errors import ConfigError, ExperimentFailedError, RunNotFoundError
 from cifar_lab.reporting.runs import RUNS_DIR, RunFolder, load_run
 from cifar_lab.reporting.tables import markdown_table, write_csv
-from cifar_lab.tools.experiment import PROGRAM, asked_config, job_resources, run_cli, split_fit_options
+from cifar_lab.tools.experiment import (
+    PROGRAM,
+    asked_config,
+    job_resources,
+    run_cli,
+    split_fit_options,
+)
 from cifar_lab.tools.search_space import Dimension, check_options, load_space
 
 SWEEPS_DIR = Path(RUNS_DIR) / "sweeps"
