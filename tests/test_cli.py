@@ -12,6 +12,7 @@ from torchmetrics.functional.classification import multiclass_calibration_error
 
 from cifar_lab.cli import build_cli, main
 from cifar_lab.data import ImageDataModule
+from cifar_lab.errors import UnknownBackboneError
 from cifar_lab.module import load_classifier
 from cifar_lab.reporting.runs import load_run
 from tests.helpers import (
@@ -125,11 +126,13 @@ def test_missing_data_without_download_is_a_one_line_error(tmp_path: Path) -> No
     assert str(missing / "cifar10.npz") in line and "download" in line
 
 
-def test_debug_variable_shows_the_traceback(npz_dir: Path, tmp_path: Path) -> None:
-    result = cifar_lab("fit", *SMOKE, "--model.backbone", "resnet19", cwd=tmp_path, data_dir=npz_dir,
-                       env={"CIFAR_LAB_DEBUG": "1"})
-    assert result.returncode != 0
-    assert "Traceback" in result.stderr and "UnknownBackboneError" in result.stderr
+def test_debug_variable_lets_the_error_through_with_its_traceback(npz_dir: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["cifar-lab"])
+    monkeypatch.setenv("CIFAR_LAB_DEBUG", "1")  # main() then raises instead of printing one line and exiting
+    with pytest.raises(UnknownBackboneError, match="unknown backbone 'resnet19'"):
+        main(["fit", *SMOKE, "--model.backbone", "resnet19", "--data.data_dir", str(npz_dir)])
 
 
 def test_models_command_prints_parameters_and_mflops(capsys: pytest.CaptureFixture[str]) -> None:
