@@ -48,6 +48,7 @@ from cifar_lab.cli import CifarLabCLI, build_cli
 from cifar_lab.data import ImageDataModule, sources
 from cifar_lab.data.datamodule import ImageArrayDataset
 from cifar_lab.models import create
+from cifar_lab.reporting.statistics import spread
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST_CONFIG = ROOT / "configs" / "fast" / "airbench94.yaml"
@@ -509,11 +510,14 @@ def write_airbench_data(data_dir: Path, folder: Path) -> Path:
 
 
 def seeded_summary(runs: list[dict]) -> dict:
-    """Mean and standard deviation of the accuracies and training seconds of some seeded runs."""
-    accs, seconds = [r["test_acc"] for r in runs], [r["train_seconds"] for r in runs]
-    return {"runs": runs, "mean_test_acc": statistics.mean(accs), "mean_train_seconds": statistics.mean(seconds),
-            "std_test_acc": statistics.stdev(accs) if len(runs) > 1 else 0.0,
-            "std_train_seconds": statistics.stdev(seconds) if len(runs) > 1 else 0.0}
+    """The seeded runs with the spread (mean, std, 95% t-interval: ``reporting.statistics.spread``, as ``compare``
+    reports it) of their test accuracies and training seconds."""
+    summary = {"runs": runs}
+    for key in ("test_acc", "train_seconds"):
+        values = spread([run[key] for run in runs])
+        summary |= {f"mean_{key}": values.mean, f"std_{key}": values.std or 0.0,
+                    f"ci95_{key}": [values.low, values.high]}
+    return summary
 
 
 def bench_airbench(args: argparse.Namespace, device: torch.device) -> dict:

@@ -145,3 +145,13 @@ def test_the_airbench_section_says_it_needs_cuda_and_skips_cleanly_without_it(
     assert "no CUDA device here" in capsys.readouterr().out
     report = {"environment": {"device": "CPU", "torch": "t", "lightning": "l", "quick": False}, "airbench": result}
     assert benchmark.markdown(report).endswith("airbench section: no CUDA device, not run\n")
+
+
+def test_the_airbench_sections_summary_has_each_trainers_mean_std_and_interval() -> None:
+    runs = [{"seed": 0, "test_acc": 0.93, "train_seconds": 4.0}, {"seed": 1, "test_acc": 0.95, "train_seconds": 6.0}]
+    summary = load_benchmark().seeded_summary(runs)
+    # two runs: mean 0.94, sample std 0.01 * sqrt(2); t(0.975, 1) = 12.706, so 0.94 ± 12.706 * 0.01
+    assert summary["runs"] == runs
+    assert summary["mean_test_acc"] == pytest.approx(0.94) and summary["std_test_acc"] == pytest.approx(0.0141421, 1e-5)
+    assert summary["ci95_test_acc"] == pytest.approx([0.94 - 0.127062, 0.94 + 0.127062], abs=1e-5)
+    assert summary["mean_train_seconds"] == 5.0 and summary["std_train_seconds"] == pytest.approx(1.414214, 1e-6)

@@ -10,7 +10,6 @@ import torch
 from lightning.pytorch.utilities import rank_zero_deprecation
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
-from torchvision.datasets.folder import find_classes
 from torchvision.transforms import v2
 
 from cifar_lab.data import sources
@@ -22,7 +21,12 @@ from cifar_lab.data.augment import (
 )
 from cifar_lab.data.device_loader import NO_AUGMENT, BatchAugment, DeviceLoader
 from cifar_lab.data.image_files import CIFAR_SIZE, load_images
-from cifar_lab.data.image_folder import LabelledImages, channel_stats, read_image_folder
+from cifar_lab.data.image_folder import (
+    LabelledImages,
+    channel_stats,
+    class_names,
+    read_image_folder,
+)
 from cifar_lab.data.resumable import (
     ResumableDataLoader,
     SampleKey,
@@ -105,9 +109,8 @@ def configured_class_count(data: dict[str, Any]) -> int | None:
     dataset, labels = data.get("dataset") or "cifar10", data.get("labels") or "fine"
     if dataset in sources.RELEASES:
         return len(sources.RELEASES[dataset].classes.get(labels, ()))
-    folder = Path(data.get("data_dir") or ".").expanduser()
     try:
-        return len(find_classes(str(folder / "train" if (folder / "train").is_dir() else folder))[0])
+        return len(class_names(Path(data.get("data_dir") or ".").expanduser()))
     except FileNotFoundError:
         return None
 

@@ -50,13 +50,23 @@ def read_class_folders(folder: Path, size: int) -> tuple[list[str], LabelledImag
     return classes, LabelledImages(torch.stack(images), labels)
 
 
+def has_split_folders(root: Path) -> bool:
+    """Whether ``root`` holds ``train/`` (and maybe ``val/``, ``test/``) rather than the class folders themselves."""
+    return (root / "train").is_dir()
+
+
+def class_names(root: Path) -> list[str]:
+    """The class names of an image folder (its training classes), without decoding any image."""
+    return find_classes(str(root / "train" if has_split_folders(root) else root))[0]
+
+
 def read_image_folder(root: Path, size: int) -> tuple[list[str], dict[str, LabelledImages]]:
     """Class names and the images of each split found under ``root`` (all of them under ``"all"`` when ``root``
     has no ``train/`` folder), every image ``size`` x ``size``."""
     if not root.is_dir():
         raise DataNotFoundError(f"image folder {root} does not exist; point data.data_dir at a folder with a "
                                 f"sub-folder per class (or train/ and test/ folders of them)")
-    if not (root / "train").is_dir():
+    if not has_split_folders(root):
         classes, images = read_class_folders(root, size)
         splits = {"all": images}
     else:
