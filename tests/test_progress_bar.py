@@ -38,7 +38,7 @@ def test_the_bar_redraws_once_a_redraw_interval_and_after_the_epochs_last_batch(
                         lambda self, trainer, module, outputs, batch, batch_idx: redrawn.append(batch_idx))
     clock = iter([100.0, 100.05, 100.12, 100.13, 100.19, 100.5, 100.51])
     monkeypatch.setattr(progress_module.time, "monotonic", lambda: next(clock))
-    bar, trainer = ThrottledProgressBar(redraws_per_second=10), SimpleNamespace(num_training_batches=7)
+    bar, trainer = ThrottledProgressBar(redraws_per_second=10), SimpleNamespace(num_training_batches=7, world_size=1)
     for batch_idx in range(7):
         bar.on_train_batch_end(trainer, None, None, None, batch_idx)
     # 0 first; 2 is 0.12 s after it; 5 is 0.38 s after 2; 6 is the epoch's last batch, 0.01 s after 5

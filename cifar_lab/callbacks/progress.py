@@ -27,7 +27,10 @@ class ThrottledProgressBar(RichProgressBar):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         now = time.monotonic()
-        if now - self.last_redraw < self.redraw_interval and batch_idx + 1 < trainer.num_training_batches:
+        # Under DDP a redraw can gather metrics from every process, so all must redraw at the same steps: a
+        # clock differs between processes, and there the bar redraws every step as Lightning's does.
+        if (trainer.world_size == 1 and now - self.last_redraw < self.redraw_interval
+                and batch_idx + 1 < trainer.num_training_batches):
             return
         self.last_redraw = now
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
