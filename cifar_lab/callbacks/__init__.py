@@ -10,7 +10,6 @@ from cifar_lab.callbacks.lookahead import Lookahead
 from cifar_lab.callbacks.mid_epoch_checkpoint import MidEpochCheckpoint
 from cifar_lab.callbacks.non_finite import NonFiniteGuard
 from cifar_lab.callbacks.prediction_writer import CSVPredictionWriter
-from cifar_lab.callbacks.progress import ThrottledProgressBar
 from cifar_lab.callbacks.random_state import RandomStateCheckpoint
 from cifar_lab.callbacks.report import RunReport
 from cifar_lab.callbacks.speed import EpochSpeed
@@ -18,4 +17,4 @@ from cifar_lab.callbacks.whitening import PatchWhitening
 
 __all__ = ["CSVPredictionWriter", "EpochSpeed", "FigureLogger", "GradientNorms", "HeadFirstFinetuning", "HpMetric",
            "Lookahead", "MidEpochCheckpoint", "NonFiniteGuard",
-           "PatchWhitening", "RandomStateCheckpoint", "RunReport", "SaveConfigAsHparams", "ThrottledProgressBar"]
+           "PatchWhitening", "RandomStateCheckpoint", "RunReport", "SaveConfigAsHparams"]
