@@ -152,9 +152,8 @@ class ImageClassifier(L.LightningModule):
         loss = F.cross_entropy(logits, mixed_targets, label_smoothing=self.hparams.label_smoothing)
         self.train_metrics.update(logits, targets)
         self.train_loss.update(loss.detach(), weight=len(targets))
-        shown = self._progress_bar_shown()
-        if shown or self._step_metrics_written():
-            self.log("train/loss_step", loss, prog_bar=shown)
+        if self._step_metrics_written():  # the progress bar shows the loss of the last written step
+            self.log("train/loss_step", loss, prog_bar=self._progress_bar_shown())
         return loss
 
     def on_train_epoch_start(self) -> None:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from cifar_lab.cli import build_cli, main
+from cifar_lab.precision import automatic_precision
 from tests.helpers import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,34 +49,41 @@ def test_zero_threads_is_a_one_line_error(npz_dir: Path, restore_threads: int,
                                                "default), got 0")
 
 
-def test_benchmark_cpu_recipe_section_times_both_runs_to_the_tutorials_accuracy(npz_dir: Path,
-                                                                                tmp_path: Path) -> None:
+def test_benchmark_cpu_recipe_section_times_the_tutorial_and_both_recipes_to_each_accuracy(npz_dir: Path,
+                                                                                           tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--device", "cpu", "--quick", "--sections",
-         "cpu-recipe", "--workers", "0", "--data-dir", str(npz_dir), "--out", str(tmp_path),
+         "cpu-recipe", "--workers", "0", "--data-dir", str(npz_dir), "--out", str(tmp_path), "--seeds", "1",
          "--evals-per-epoch", "2", "--fit-args", "--data.batch_size 32 --data.val_size 50"],
         capture_output=True, text=True, cwd=tmp_path, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((tmp_path / "benchmark.json").read_text())["cpu-recipe"]
-    tutorial, ours = report["tutorial_curve"], report["ours_curve"]
-    for curve in (tutorial, ours):  # two evaluations an epoch: one mid-epoch, one at its end
+    today, laptop = report["cpu.yaml"], report["laptop.yaml"]["runs"][0]
+    curves = {"tutorial": report["tutorial"]["curve"], "cpu.yaml": today["curve"], "laptop.yaml": laptop["curve"]}
+    for curve in curves.values():  # two evaluations an epoch: one mid-epoch, one at its end
         epochs = [point["epoch"] for point in curve]
         assert len(epochs) == 4 and 0 < epochs[0] < epochs[1] == 1 < epochs[2] < epochs[3] == 2
-    seconds = [point["train_seconds"] for point in ours]
-    assert 0 < seconds[0] and seconds == sorted(set(seconds))
-    assert report["target_test_acc"] == tutorial[-1]["test_acc"]
-    first_reaching = next((p for p in ours if p["test_acc"] >= report["target_test_acc"]), None)
-    if first_reaching is None:
-        assert report["ours_seconds_to_target"] is None and "not reached" in result.stdout
-    else:
-        assert report["ours_seconds_to_target"] == first_reaching["train_seconds"]
-        tutorial_reaching = next(p for p in tutorial if p["test_acc"] >= report["target_test_acc"])
-        assert report["tutorial_seconds_to_target"] == tutorial_reaching["train_seconds"]
-        assert report["ratio_ours_vs_tutorial"] == pytest.approx(first_reaching["train_seconds"]
-                                                                 / tutorial_reaching["train_seconds"])
+        seconds = [point["train_seconds"] for point in curve]
+        assert 0 < seconds[0] and seconds == sorted(set(seconds))
+    assert report["targets"] == {"tutorial": curves["tutorial"][-1]["test_acc"], "85%": 0.85, "90%": 0.9}
+    for name, curve in curves.items():
+        for target, accuracy in report["targets"].items():
+            first = next((point["train_seconds"] for point in curve if point["test_acc"] >= accuracy), None)
+            assert report["seconds_to"][name][target] == first, (name, target)
+    tutorial_seconds = report["seconds_to"]["tutorial"]["tutorial"]
+    for name in ("cpu.yaml", "laptop.yaml"):
+        reached = report["seconds_to"][name]["tutorial"]
+        ratio = report["ratio_to_tutorial_accuracy_vs_tutorial"][name]
+        assert ratio is None if reached is None else ratio == pytest.approx(reached / tutorial_seconds)
+    # Trainer.fit's seconds leave the curve's evaluations out, so they exceed the last point's only by fit's end
+    assert today["fit_seconds"] >= today["curve"][-1]["train_seconds"]
+    assert report["ratio_fit_seconds_laptop_vs_cpu"] == pytest.approx(laptop["fit_seconds"] / today["fit_seconds"])
+    assert today["precision"] == "32-true" and laptop["precision"] == automatic_precision("cpu")[0]
+    assert laptop["seed"] == 0 and 0 <= laptop["test_acc"] <= 1
     table = (tmp_path / "benchmark.md").read_text()
-    assert "| configs/fast/cpu.yaml | 2 |" in table and "measured 2 times an epoch" in table
+    assert "| configs/fast/cpu.yaml | 1 | 32-true | 2 |" in table and "measured 2 times an epoch" in table
+    assert f"| configs/fast/laptop.yaml | 1 | {laptop['precision']} | 2 |" in table
 
 
 def test_accuracy_curve_evaluates_on_its_grid_and_leaves_evaluation_off_the_clock(

@@ -121,6 +121,22 @@ def test_benchmark_overhead_section_times_a_cpu_step_three_ways_and_subtracts_th
     assert result["lightning_extra_vs_bare_ms_per_step"] == pytest.approx(
         result["lightning_ms_per_step_min"] - result["bare_lightning_ms_per_step_min"])
     assert "lightning_host_syncs_per_step" not in result  # counted on CUDA only
+    hooks = result["callback_hooks_ms_per_step"]  # from a profiled fit of the same proxy
+    assert "NonFiniteGuard.on_train_batch_end" in hooks and "ThrottledProgressBar.on_train_batch_end" in hooks
+    assert list(hooks.values()) == sorted(hooks.values(), reverse=True) and min(hooks.values()) > 0
+
+
+def test_per_step_hook_costs_keep_callback_hooks_run_every_step_at_their_median_call() -> None:
+    durations = {"[Callback]ModelCheckpoint{'monitor': 'val/acc', 'every_n_train_steps': 0}.on_train_batch_end":
+                 [0.001, 0.002, 0.003], "[Callback]FigureLogger.on_train_batch_start": [0.9, 0.004, 0.004],
+                 "[Callback]EpochSpeed.on_train_epoch_end": [0.5],  # once an epoch, not a step
+                 "[Callback]Lookahead.on_train_batch_end": [0.001] * 6,  # twice a step (gradient accumulation)
+                 "[LightningModule]ImageClassifier.training_step": [0.1, 0.1, 0.1]}
+    costs = load_benchmark().per_step_hook_costs(durations, steps=3)
+    # the first step's 0.9 s figure is a one-off: the median call (4 ms) is what a step costs
+    assert costs == pytest.approx({"FigureLogger.on_train_batch_start": 4.0, "ModelCheckpoint.on_train_batch_end": 2.0,
+                                   "Lookahead.on_train_batch_end": 2.0})
+    assert list(costs)[0] == "FigureLogger.on_train_batch_start"
 
 
 def test_the_airbench_section_writes_the_files_airbenchs_loader_reads(npz_dir: Path, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from cifar_lab.callbacks.lookahead import Lookahead
 from cifar_lab.callbacks.mid_epoch_checkpoint import MidEpochCheckpoint
 from cifar_lab.callbacks.non_finite import NonFiniteGuard
 from cifar_lab.callbacks.prediction_writer import CSVPredictionWriter
+from cifar_lab.callbacks.progress import ThrottledProgressBar, progress_bar_before_checkpoints
 from cifar_lab.callbacks.random_state import RandomStateCheckpoint
 from cifar_lab.callbacks.report import RunReport
 from cifar_lab.callbacks.speed import EpochSpeed
@@ -17,4 +18,5 @@ from cifar_lab.callbacks.whitening import PatchWhitening
 
 __all__ = ["CSVPredictionWriter", "EpochSpeed", "FigureLogger", "GradientNorms", "HeadFirstFinetuning", "HpMetric",
            "Lookahead", "MidEpochCheckpoint", "NonFiniteGuard",
-           "PatchWhitening", "RandomStateCheckpoint", "RunReport", "SaveConfigAsHparams"]
+           "PatchWhitening", "RandomStateCheckpoint", "RunReport", "SaveConfigAsHparams", "ThrottledProgressBar",
+           "progress_bar_before_checkpoints"]

@@ -19,11 +19,11 @@ class NonFiniteGuard(Callback):
     """Raise ``TrainingDivergedError`` soon after the first NaN/inf training loss, and refuse to save
     NaN/inf weights.
 
-    Without it a diverged run trains on NaNs to the end and its checkpoints are useless. Each step only
-    copies its loss into a buffer on the device (one small copy: no host-device sync, and the least host time
-    a step can spend on it); every ``check_every_n_steps`` steps and at the end of each epoch the buffer is read
-    back once, so a GPU never waits for it (Trainer's ``detect_anomaly`` instead slows every backward pass). The
-    decision is shared by all DDP processes so that they stop together.
+    Without it a diverged run trains on NaNs to the end and its checkpoints are useless. Each step only keeps
+    its detached loss (a list append: no device work, no host-device sync); every ``check_every_n_steps`` steps
+    and at the end of each epoch the kept losses are stacked and read back once, so a GPU never waits for it
+    (Trainer's ``detect_anomaly`` instead slows every backward pass). The decision is shared by all DDP
+    processes so that they stop together.
 
     Args:
         check_every_n_steps: how often the recorded losses are read back; the run stops at most this
@@ -34,11 +34,11 @@ class NonFiniteGuard(Callback):
         if check_every_n_steps < 1:
             raise ConfigError(f"non_finite_guard.check_every_n_steps must be >= 1, got {check_every_n_steps}")
         self.check_every_n_steps = check_every_n_steps
-        self.losses: torch.Tensor | None = None  # the losses since the last check, on the device
+        self.losses: list[torch.Tensor] = []  # the losses since the last check, on the device
         self.steps: list[int] = []  # the step of each of them
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.losses, self.steps = None, []
+        self.losses, self.steps = [], []
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -46,12 +46,9 @@ class NonFiniteGuard(Callback):
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if loss is None:
             return
-        if self.losses is None:  # room for a check interval of batches, more with gradient accumulation
-            slots = self.check_every_n_steps * max(1, trainer.accumulate_grad_batches)
-            self.losses = torch.zeros(slots, device=loss.device)
-        self.losses[len(self.steps)] = loss.detach()
+        self.losses.append(loss.detach())
         self.steps.append(trainer.global_step)
-        if trainer.global_step % self.check_every_n_steps == 0 or len(self.steps) == len(self.losses):
+        if trainer.global_step % self.check_every_n_steps == 0:
             self._check(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -61,14 +58,14 @@ class NonFiniteGuard(Callback):
         """Read the recorded losses back (one sync) and stop at the first that is not finite."""
         bad_at = None
         if self.steps:
-            finite = torch.isfinite(self.losses[: len(self.steps)]).tolist()
+            finite = torch.isfinite(torch.stack(self.losses)).tolist()
             bad_at = finite.index(False) if not all(finite) else None
         if trainer.strategy.reduce_boolean_decision(bad_at is not None, all=False):
             step = self.steps[bad_at] if bad_at is not None else trainer.global_step
             what = (f"the training loss is {float(self.losses[bad_at])} at step {step}" if bad_at is not None
                     else "the training loss became NaN/inf on another process")
             self._stop(trainer, f"{what} (epoch {trainer.current_epoch})", step)
-        self.steps = []
+        self.losses, self.steps = [], []
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         bad = [name for name, p in pl_module.named_parameters() if not torch.isfinite(p).all()]

@@ -20,7 +20,11 @@ from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import (
+    LearningRateMonitor,
+    ModelCheckpoint,
+    ProgressBar,
+)
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -34,6 +38,8 @@ from cifar_lab.callbacks import (
     RandomStateCheckpoint,
     RunReport,
     SaveConfigAsHparams,
+    ThrottledProgressBar,
+    progress_bar_before_checkpoints,
 )
 from cifar_lab.checkpoint_io import AtomicCheckpointIO, is_local, load_checkpoint_file
 from cifar_lab.cli.checks import check_fit_config, check_precision
@@ -143,8 +149,15 @@ class CifarLabCLI(LightningCLI):
         self.save_config_callback = None
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
-        """The Trainer from the config, saving checkpoints atomically unless a plugin chose its own IO."""
+        """The Trainer from the config, saving checkpoints atomically unless a plugin chose its own IO, with a
+        progress bar redrawn on a clock where the config lists none (Lightning's own redraws every step)."""
+        trainer_init = (self.config_init[self.subcommand] if self.subcommand else self.config_init).trainer
+        callbacks = trainer_init.callbacks or []
+        configured = list(callbacks) if isinstance(callbacks, list) else [callbacks]  # Trainer takes one or a list
+        if trainer_init.enable_progress_bar is not False and not any(isinstance(c, ProgressBar) for c in configured):
+            kwargs["callbacks"] = [*configured, ThrottledProgressBar()]
         trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks = progress_bar_before_checkpoints(trainer.callbacks)
         check_precision(trainer, (self.config[self.subcommand] if self.subcommand else self.config).trainer.precision)
         if trainer.logger is None:  # `trainer.logger: false`: nothing to monitor the learning rate into
             trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)]
