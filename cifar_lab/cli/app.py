@@ -26,6 +26,7 @@ from lightning.pytorch.callbacks import (
     ProgressBar,
 )
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.utilities import rank_zero_info
 
 from cifar_lab.callbacks import (
@@ -49,6 +50,7 @@ from cifar_lab.data.image_files import CIFAR_SIZE
 from cifar_lab.errors import CifarLabError, ConfigError
 from cifar_lab.module import ImageClassifier
 from cifar_lab.precision import automatic_precision
+from cifar_lab.profiler import NullProfiler
 from cifar_lab.reporting.runs import RUNS_DIR, RunFolder
 from cifar_lab.tools import PARENT_PID_ENV, TOOLS, tool_main
 
@@ -150,7 +152,8 @@ class CifarLabCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         """The Trainer from the config, saving checkpoints atomically unless a plugin chose its own IO, with a
-        progress bar redrawn on a clock where the config lists none (Lightning's own redraws every step)."""
+        progress bar redrawn on a clock where the config lists none (Lightning's own redraws every step) and a
+        profiler that costs nothing where it names none."""
         trainer_init = (self.config_init[self.subcommand] if self.subcommand else self.config_init).trainer
         callbacks = trainer_init.callbacks or []
         configured = list(callbacks) if isinstance(callbacks, list) else [callbacks]  # Trainer takes one or a list
@@ -158,6 +161,8 @@ class CifarLabCLI(LightningCLI):
             kwargs["callbacks"] = [*configured, ThrottledProgressBar()]
         trainer = super().instantiate_trainer(**kwargs)
         trainer.callbacks = progress_bar_before_checkpoints(trainer.callbacks)
+        if type(trainer.profiler) is PassThroughProfiler:  # the config names no profiler
+            trainer.profiler = NullProfiler()
         check_precision(trainer, (self.config[self.subcommand] if self.subcommand else self.config).trainer.precision)
         if trainer.logger is None:  # `trainer.logger: false`: nothing to monitor the learning rate into
             trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)]
