@@ -121,8 +121,15 @@ def test_benchmark_overhead_section_times_a_cpu_step_three_ways_and_subtracts_th
     assert result["lightning_extra_vs_bare_ms_per_step"] == pytest.approx(
         result["lightning_ms_per_step_min"] - result["bare_lightning_ms_per_step_min"])
     assert "lightning_host_syncs_per_step" not in result  # counted on CUDA only
-    hooks = result["callback_hooks_ms_per_step"]  # from a profiled fit of the same proxy
-    assert "NonFiniteGuard.on_train_batch_end" in hooks and "ThrottledProgressBar.on_train_batch_end" in hooks
+    hooks = result["callback_hooks_ms_per_step"]  # from a profiled fit of the same proxy: the 8 costliest
+    # Which 8 they are depends on timings; that they are per-step hooks of the run's own callbacks does not.
+    run_callbacks = {"ModelCheckpoint", "MidEpochCheckpoint", "NonFiniteGuard", "EpochSpeed", "LearningRateMonitor",
+                     "ThrottledProgressBar", "FigureLogger", "CSVPredictionWriter", "RandomStateCheckpoint", "HpMetric",
+                     "RunReport", "SaveConfigAsHparams", "RichModelSummary", "StepClock"}
+    per_step = {"on_train_batch_start", "on_before_backward", "on_after_backward", "on_before_optimizer_step",
+                "on_before_zero_grad", "on_train_batch_end"}
+    assert 0 < len(hooks) <= 8
+    assert all(name.rsplit(".", 1)[0] in run_callbacks and name.rsplit(".", 1)[1] in per_step for name in hooks), hooks
     assert list(hooks.values()) == sorted(hooks.values(), reverse=True) and min(hooks.values()) > 0
 
 
