@@ -13,7 +13,7 @@ class NullProfiler(PassThroughProfiler):
 
     Lightning wraps every hook of every callback, every step, in ``profiler.profile(...)``: about 190 calls a
     step in a ``cifar-lab fit``. ``PassThroughProfiler``'s is a generator context manager, about 1.3 µs a call
-    on our CPU (some 0.25 ms a step); a null context takes 0.25 µs.
+    on our CPU (about 0.2 ms a step); a null context takes 0.25 µs.
     """
 
     def profile(self, action_name: str) -> AbstractContextManager:

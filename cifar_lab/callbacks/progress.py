@@ -12,14 +12,15 @@ from cifar_lab.errors import ConfigError
 class ThrottledProgressBar(RichProgressBar):
     """Redraws the training bar at most ``redraws_per_second`` times a second, and after each epoch's last batch.
 
-    Lightning's bar redraws and reads every progress-bar metric back to the host after every training step: about
-    0.3 ms of host time a step on a CPU, and a device sync on a GPU. Its ``refresh_rate`` counts steps, which
+    Lightning's bar redraws and reads every progress-bar metric back to the host after every training step: 0.14 ms
+    of host time a step on our CPU proxy (``docs/performance.md``), and a device sync on a GPU. Its ``refresh_rate`` counts steps, which
     suits neither a 0.4 s CPU step nor a 5 ms GPU step; a clock suits both.
     """
 
     def __init__(self, redraws_per_second: float = 10.0, **kwargs: Any) -> None:
         if redraws_per_second <= 0:
-            raise ConfigError(f"redraws_per_second must be > 0, got {redraws_per_second}")
+            raise ConfigError(f"ThrottledProgressBar.redraws_per_second must be a number > 0 (redraws a second), "
+                              f"got {redraws_per_second}")
         super().__init__(**kwargs)
         self.redraw_interval = 1.0 / redraws_per_second
         self.last_redraw = -float("inf")

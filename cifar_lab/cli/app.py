@@ -277,3 +277,18 @@ def main(args: list[str] | None = None) -> None:
             raise
         print(f"cifar-lab: error: {' '.join(str(err).split())}", file=sys.stderr)
         sys.exit(1)
+    except ValueError as err:  # jsonargparse's, around a class under trainer.callbacks that refused its arguments
+        refused = our_cause(err)
+        if refused is None or os.environ.get(DEBUG_ENV) == "1":
+            raise
+        print(f"cifar-lab: error: {' '.join(str(refused).split())}", file=sys.stderr)
+        sys.exit(1)
+
+
+def our_cause(err: BaseException) -> CifarLabError | None:
+    """The ``CifarLabError`` an exception was raised from, if any: jsonargparse re-raises a listed callback's
+    ``ConfigError`` as a ``ValueError`` whose text is every type it tried, and the first line is what to fix."""
+    seen = err
+    while seen is not None and not isinstance(seen, CifarLabError):
+        seen = seen.__cause__ or seen.__context__
+    return seen
