@@ -62,5 +62,6 @@ def test_the_bar_redraws_once_a_redraw_interval_and_after_the_epochs_last_batch(
 
 
 def test_a_redraw_rate_of_zero_is_refused_with_the_allowed_range() -> None:
-    with pytest.raises(ConfigError, match=r"^ThrottledProgressBar.redraws_per_second must be a number > 0 \(redraws a second\), got 0$"):
+    allowed = r"^ThrottledProgressBar.redraws_per_second must be a number > 0 \(redraws a second\), got 0$"
+    with pytest.raises(ConfigError, match=allowed):
         ThrottledProgressBar(redraws_per_second=0)

@@ -13,8 +13,8 @@ class ThrottledProgressBar(RichProgressBar):
     """Redraws the training bar at most ``redraws_per_second`` times a second, and after each epoch's last batch.
 
     Lightning's bar redraws and reads every progress-bar metric back to the host after every training step: 0.14 ms
-    of host time a step on our CPU proxy (``docs/performance.md``), and a device sync on a GPU. Its ``refresh_rate`` counts steps, which
-    suits neither a 0.4 s CPU step nor a 5 ms GPU step; a clock suits both.
+    of host time a step on our CPU proxy (``docs/performance.md``), and a device sync on a GPU. Its
+    ``refresh_rate`` counts steps, which suits neither a 0.4 s CPU step nor a 5 ms GPU step; a clock suits both.
     """
 
     def __init__(self, redraws_per_second: float = 10.0, **kwargs: Any) -> None:
