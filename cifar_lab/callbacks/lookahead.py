@@ -13,10 +13,19 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from cifar_lab.errors import ConfigError
+
 
 class Lookahead(L.Callback):
     def __init__(self, every_n_steps: int = 5, decay: float = 0.95**5, decay_power: float = 3.0,
                  start_epoch: int = 0) -> None:
+        if every_n_steps < 1:
+            raise ConfigError(f"Lookahead.every_n_steps must be >= 1, got {every_n_steps}")
+        if not 0 <= decay <= 1:
+            raise ConfigError(f"Lookahead.decay must be in [0, 1], got {decay}")
+        if decay_power < 0 or start_epoch < 0:
+            raise ConfigError(f"Lookahead.decay_power and Lookahead.start_epoch must be >= 0, got {decay_power} "
+                              f"and {start_epoch}")
         self.every_n_steps, self.decay, self.decay_power = every_n_steps, decay, decay_power
         self.start_epoch = start_epoch
         self.slow: dict[str, Tensor] | None = None
