@@ -23,6 +23,10 @@ from cifar_lab.schedules import build_scheduler
 
 # Checkpoint key of the running training metrics of the epoch the checkpoint was saved in.
 EPOCH_METRICS_KEY = "train_epoch_metrics"
+# Training steps whose predictions and losses wait to be added to train/acc and train/loss_epoch together: two
+# torchmetrics updates a step cost about 0.2 ms of host time on our CPU (docs/performance.md), one per 50 steps
+# costs almost nothing.
+TRAIN_METRICS_EVERY_N_STEPS = 50
 
 
 def accuracy_metrics(num_classes: int, prefix: str, top5: bool = True) -> MetricCollection:
@@ -123,6 +127,8 @@ class ImageClassifier(L.LightningModule):
         self.input_stats = input_stats  # load_classifier fills it in for checkpoints older than this hparam
         self.data_hparams: dict[str, Any] = {}  # load_classifier: the DataModule arguments of the checkpoint
         self.logged_epoch = -1  # the epoch whose epoch metrics are registered with self.log
+        self.waiting_steps: list[tuple[Tensor, Tensor, Tensor]] = []  # (predicted classes, labels, loss) of each
+        # training step not yet in the training metrics
         self.resumed_epoch_metrics: dict[str, Any] | None = None
 
     def forward(self, images: Tensor) -> Tensor:
@@ -150,11 +156,36 @@ class ImageClassifier(L.LightningModule):
                 images, mixed_targets = self.batch_mix(images, targets)
         logits = self(images)
         loss = F.cross_entropy(logits, mixed_targets, label_smoothing=self.hparams.label_smoothing)
-        self.train_metrics.update(logits, targets)
-        self.train_loss.update(loss.detach(), weight=len(targets))
+        self.waiting_steps.append((logits.detach().argmax(dim=1), targets, loss.detach()))
         if self._step_metrics_written():  # the progress bar shows the loss of the last written step
             self.log("train/loss_step", loss, prog_bar=self._progress_bar_shown())
         return loss
+
+    def on_train_batch_end(self, outputs: Tensor | dict[str, Any], batch: Any, batch_idx: int) -> None:
+        """Every ``TRAIN_METRICS_EVERY_N_STEPS`` steps, and after the epoch's last step (its metrics are read at its
+        end: by the progress bar, before ``on_train_epoch_end``), update the training metrics with the steps since.
+        The points depend on the step alone, so a resumed run adds up its losses in the same groups as an
+        uninterrupted one."""
+        if self.global_step % TRAIN_METRICS_EVERY_N_STEPS == 0 or self.trainer.fit_loop.epoch_loop.done:
+            self._update_train_metrics()
+
+    def on_train_epoch_end(self) -> None:
+        self._update_train_metrics()  # an epoch that ended where the last batch did not tell
+
+    def _update_train_metrics(self) -> None:
+        """One torchmetrics update for the waiting steps' predictions, one for their losses per batch size.
+
+        A step's loss counts once for each of its images, as a view repeating it: ``MeanMetric`` ignores its
+        ``weight`` under ``nan_strategy="disable"`` (torchmetrics 1.9), the one strategy that needs no host sync.
+        """
+        if not self.waiting_steps:
+            return
+        predictions, targets, losses = zip(*self.waiting_steps)
+        self.waiting_steps = []
+        self.train_metrics.update(torch.cat(predictions), torch.cat(targets))
+        for size in sorted({len(batch) for batch in targets}):
+            same_size = torch.stack([loss for loss, batch in zip(losses, targets) if len(batch) == size])
+            self.train_loss.update(same_size[:, None].expand(-1, size))
 
     def on_train_epoch_start(self) -> None:
         self._register_epoch_metrics()
@@ -163,6 +194,7 @@ class ImageClassifier(L.LightningModule):
         """Resumed inside an epoch (where Lightning skips ``on_train_epoch_start``), carry on with the running
         training metrics the checkpoint saved, and register them for the epoch's end."""
         self.logged_epoch = -1  # a new fit of this module registers its epochs afresh
+        self.waiting_steps = []
         resumed, self.resumed_epoch_metrics = self.resumed_epoch_metrics, None
         if resumed is None or resumed["epoch"] != self.current_epoch:
             return
@@ -171,6 +203,11 @@ class ImageClassifier(L.LightningModule):
             metric.merge_state({key: value[self.global_rank].to(self.device)
                                 for key, value in resumed["states"][name].items()})
             metric._update_count = 1  # restored, not empty: torchmetrics would warn that compute() came first
+        waiting = {key: value[self.global_rank].to(self.device) for key, value in resumed.get("waiting", {}).items()}
+        if waiting:
+            sizes = waiting.pop("sizes").tolist()
+            self.waiting_steps = list(zip(waiting["predictions"].split(sizes), waiting["targets"].split(sizes),
+                                          waiting["losses"].unbind()))
         self._register_epoch_metrics()
 
     def _register_epoch_metrics(self) -> None:
@@ -190,14 +227,22 @@ class ImageClassifier(L.LightningModule):
         return {"loss": self.train_loss, **dict(self.train_metrics.items(keep_base=True, copy_state=False))}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep every process's running training metrics, so an epoch resumed from a mid-epoch checkpoint
-        reports the same ``train/acc`` and ``train/loss_epoch`` as an uninterrupted one."""
-        states = {}
-        for name, metric in self._epoch_metrics().items():
-            gathered = {key: self.all_gather(value) for key, value in metric.metric_state.items()}
-            states[name] = {key: (value if self.trainer.world_size > 1 else value[None]).cpu()
-                            for key, value in gathered.items()}
-        checkpoint[EPOCH_METRICS_KEY] = {"epoch": self.current_epoch, "states": states}
+        """Keep every process's running training metrics and the steps waiting to join them, so an epoch resumed
+        from a mid-epoch checkpoint reports the same ``train/acc`` and ``train/loss_epoch`` as an uninterrupted
+        one."""
+        states = {name: self._gathered(metric.metric_state) for name, metric in self._epoch_metrics().items()}
+        saved = {"epoch": self.current_epoch, "states": states}
+        if self.waiting_steps:  # the same steps wait on every process: they take their steps together
+            predictions, targets, losses = zip(*self.waiting_steps)
+            saved["waiting"] = self._gathered({
+                "predictions": torch.cat(predictions), "targets": torch.cat(targets), "losses": torch.stack(losses),
+                "sizes": torch.tensor([len(batch) for batch in targets], device=self.device)})
+        checkpoint[EPOCH_METRICS_KEY] = saved
+
+    def _gathered(self, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Each tensor from every process, stacked along a first dimension (of one, without DDP), on the CPU."""
+        gathered = {key: self.all_gather(value) for key, value in tensors.items()}
+        return {key: (value if self.trainer.world_size > 1 else value[None]).cpu() for key, value in gathered.items()}
 
     def _progress_bar_shown(self) -> bool:
         """A progress bar metric is read back to the host on every step, a device sync."""

@@ -8,6 +8,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader, TensorDataset
 
+import cifar_lab.module as module_of_classifier
 from cifar_lab.data import ImageDataModule
 from cifar_lab.module import ImageClassifier, accuracy_metrics
 from cifar_lab.optim import apply_group_scales
@@ -70,6 +71,34 @@ def test_training_writes_the_same_scalars_as_logging_every_step(npz_dir: Path, t
     for tag, values in reference.items():
         assert ours[tag] == pytest.approx(values, rel=1e-5), tag
     assert len(ours["train/loss_epoch"]) == len(ours["train/acc"]) == 2
+
+
+def test_waiting_steps_join_the_training_metrics_each_counted_by_its_images() -> None:
+    model = ImageClassifier("simple_cnn")
+    labels = torch.tensor([0, 1, 2, 3])
+    model.waiting_steps = [(torch.tensor([0, 1, 2, 0]), labels, torch.tensor(1.0)),  # 3 of 4 right
+                           (torch.tensor([5, 5]), torch.tensor([5, 4]), torch.tensor(3.0)),  # 1 of 2, a smaller batch
+                           (labels, labels, torch.tensor(2.0))]  # 4 of 4
+    model._update_train_metrics()
+    assert model.waiting_steps == []
+    assert model.train_metrics.compute()["train/acc"].item() == pytest.approx(8 / 10)
+    assert model.train_loss.compute().item() == pytest.approx((4 * 1.0 + 2 * 3.0 + 4 * 2.0) / 10)
+
+
+def test_training_metrics_are_updated_every_n_steps_and_where_an_epoch_or_the_run_ends(
+        npz_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(module_of_classifier, "TRAIN_METRICS_EVERY_N_STEPS", 3)
+    model, updates = ImageClassifier("simple_cnn"), []
+    update = model.train_metrics.update
+    monkeypatch.setattr(model.train_metrics, "update",
+                        lambda predictions, targets: (updates.append((model.global_step, len(targets))),
+                                                      update(predictions, targets)))
+    dm = ImageDataModule(str(npz_dir), download=False, batch_size=24, num_workers=0, val_size=50)
+    trainer = tiny_trainer(max_steps=7, limit_train_batches=5, limit_val_batches=0)
+    trainer.fit(model, dm)
+    # (step, images): steps 1-3 at step 3; 4-5 at the first epoch's end; 6 at step 6; 7 where max_steps ends the run
+    assert updates == [(3, 72), (5, 48), (6, 24), (7, 24)]
+    assert model.waiting_steps == []
 
 
 @pytest.mark.parametrize("progress_bar", [False, True])

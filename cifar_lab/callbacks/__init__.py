@@ -6,6 +6,7 @@ from cifar_lab.callbacks.figures import FigureLogger
 from cifar_lab.callbacks.finetune import HeadFirstFinetuning
 from cifar_lab.callbacks.gradient_norms import GradientNorms
 from cifar_lab.callbacks.hparams import HpMetric, SaveConfigAsHparams
+from cifar_lab.callbacks.idle_hooks import skip_idle_batch_hooks
 from cifar_lab.callbacks.lookahead import Lookahead
 from cifar_lab.callbacks.mid_epoch_checkpoint import MidEpochCheckpoint
 from cifar_lab.callbacks.non_finite import NonFiniteGuard
@@ -19,4 +20,4 @@ from cifar_lab.callbacks.whitening import PatchWhitening
 __all__ = ["CSVPredictionWriter", "EpochSpeed", "FigureLogger", "GradientNorms", "HeadFirstFinetuning", "HpMetric",
            "Lookahead", "MidEpochCheckpoint", "NonFiniteGuard",
            "PatchWhitening", "RandomStateCheckpoint", "RunReport", "SaveConfigAsHparams", "ThrottledProgressBar",
-           "progress_bar_before_checkpoints"]
+           "progress_bar_before_checkpoints", "skip_idle_batch_hooks"]

@@ -1,6 +1,7 @@
 """``last.ckpt`` also in the middle of an epoch, so a killed long epoch loses minutes, not the epoch."""
 
 from datetime import timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,12 @@ class MidEpochCheckpoint(ModelCheckpoint):
             every_n_epochs=0,  # the epoch's end is the other checkpoint's
             enable_version_counter=False,  # the same last.ckpt as the other checkpoint, never a last-v1.ckpt
         )
+
+    @cached_property
+    def state_key(self) -> str:
+        """``ModelCheckpoint``'s key, built once: Lightning names each hook call after it, every training step
+        for this callback, and ``ModelCheckpoint`` builds it anew each time (a ``repr`` of its triggers)."""
+        return super().state_key
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         """Before any checkpoint is written, put what was logged up to its step on disk.

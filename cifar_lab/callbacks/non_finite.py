@@ -46,9 +46,10 @@ class NonFiniteGuard(Callback):
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if loss is None:
             return
+        step = trainer.global_step
         self.losses.append(loss.detach())
-        self.steps.append(trainer.global_step)
-        if trainer.global_step % self.check_every_n_steps == 0:
+        self.steps.append(step)
+        if step % self.check_every_n_steps == 0:
             self._check(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -41,6 +41,7 @@ from cifar_lab.callbacks import (
     SaveConfigAsHparams,
     ThrottledProgressBar,
     progress_bar_before_checkpoints,
+    skip_idle_batch_hooks,
 )
 from cifar_lab.checkpoint_io import AtomicCheckpointIO, is_local, load_checkpoint_file
 from cifar_lab.cli.checks import check_fit_config, check_precision
@@ -152,8 +153,8 @@ class CifarLabCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         """The Trainer from the config, saving checkpoints atomically unless a plugin chose its own IO, with a
-        progress bar redrawn on a clock where the config lists none (Lightning's own redraws every step) and a
-        profiler that costs nothing where it names none."""
+        progress bar redrawn on a clock where the config lists none (Lightning's own redraws every step), a
+        profiler that costs nothing where it names none, and no per-batch calls of hooks a callback leaves empty."""
         trainer_init = (self.config_init[self.subcommand] if self.subcommand else self.config_init).trainer
         callbacks = trainer_init.callbacks or []
         configured = list(callbacks) if isinstance(callbacks, list) else [callbacks]  # Trainer takes one or a list
@@ -168,6 +169,7 @@ class CifarLabCLI(LightningCLI):
             trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)]
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        skip_idle_batch_hooks(trainer.callbacks)
         return trainer
 
 
