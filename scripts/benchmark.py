@@ -169,7 +169,8 @@ def bench_host_overhead(args: argparse.Namespace) -> dict:
     """b. on a CPU: the host time Lightning adds to a training step, where a narrow net at a small batch on one
     thread makes it show. The same net, batches, loss and SGD three ways: a plain loop, bare Lightning (no
     callbacks, no logger) and ``cifar-lab fit`` with the callbacks, logger and divergence guard every run gets.
-    Min and median ms per step over ``--repeats`` fits of ``--overhead-steps`` steps each (plus warm-up)."""
+    Min and median ms per step over ``--repeats`` fits of ``--overhead-steps`` steps each (plus warm-up), and the
+    median over repeats of each repeat's difference to the plain loop and to bare Lightning."""
     steps, warmup, threads = args.overhead_steps, 10, torch.get_num_threads()
     dm = ImageDataModule(args.data_dir, download=False, batch_size=PROXY_BATCH, val_size=0, loader="device",
                          drop_last=True, augment="none")
@@ -241,8 +242,18 @@ def bench_host_overhead(args: argparse.Namespace) -> dict:
     results["lightning_extra_ms_per_step"] = results["lightning_ms_per_step_min"] - results["plain_loop_ms_per_step_min"]
     results["lightning_extra_vs_bare_ms_per_step"] = (results["lightning_ms_per_step_min"]
                                                       - results["bare_lightning_ms_per_step_min"])
+    # Where the machine's speed drifts between fits, the difference within each repeat's trio tells more than mins.
+    results["lightning_extra_ms_per_step_paired_median"] = paired_median_ms(seconds["lightning"],
+                                                                            seconds["plain_loop"], steps)
+    results["lightning_extra_vs_bare_ms_per_step_paired_median"] = paired_median_ms(seconds["lightning"],
+                                                                                    seconds["bare_lightning"], steps)
     results["callback_hooks_ms_per_step"] = per_step_hook_costs(profiled, warmup + steps)
     return results
+
+
+def paired_median_ms(runs: list[float], baselines: list[float], steps: int) -> float:
+    """The median over repeats of ``runs[i] - baselines[i]`` (seconds of ``steps`` steps), in ms per step."""
+    return 1e3 * statistics.median(run - baseline for run, baseline in zip(runs, baselines)) / steps
 
 
 def per_step_hook_costs(durations: dict[str, list[float]], steps: int, top: int = 8) -> dict[str, float]:

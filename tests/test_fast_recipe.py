@@ -120,6 +120,8 @@ def test_benchmark_overhead_section_times_a_cpu_step_three_ways_and_subtracts_th
         result["lightning_ms_per_step_min"] - result["plain_loop_ms_per_step_min"])
     assert result["lightning_extra_vs_bare_ms_per_step"] == pytest.approx(
         result["lightning_ms_per_step_min"] - result["bare_lightning_ms_per_step_min"])
+    for baseline in ("lightning_extra", "lightning_extra_vs_bare"):
+        assert f"{baseline}_ms_per_step_paired_median" in result
     assert "lightning_host_syncs_per_step" not in result  # counted on CUDA only
     hooks = result["callback_hooks_ms_per_step"]  # from a profiled fit of the same proxy: the 8 costliest
     # Which 8 they are depends on timings; that they are per-step hooks of the run's own callbacks does not.
@@ -131,6 +133,11 @@ def test_benchmark_overhead_section_times_a_cpu_step_three_ways_and_subtracts_th
     assert 0 < len(hooks) <= 8
     assert all(name.rsplit(".", 1)[0] in run_callbacks and name.rsplit(".", 1)[1] in per_step for name in hooks), hooks
     assert list(hooks.values()) == sorted(hooks.values(), reverse=True) and min(hooks.values()) > 0
+
+
+def test_paired_median_is_the_median_of_each_repeats_difference_in_ms_per_step() -> None:
+    # per repeat (10 steps): 2 - 1.5, 5 - 1, 3 - 2.5 seconds -> 50, 400, 50 ms a step; the mins (2 - 1) would give 100
+    assert load_benchmark().paired_median_ms([2.0, 5.0, 3.0], [1.5, 1.0, 2.5], steps=10) == pytest.approx(50.0)
 
 
 def test_per_step_hook_costs_keep_callback_hooks_run_every_step_at_their_median_call() -> None:
