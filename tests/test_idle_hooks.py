@@ -1,11 +1,13 @@
 """What Lightning does for each callback at every batch: hooks a callback leaves empty are left out of its dispatch,
-the ones it implements still run, and the names it calls them by are built once."""
+the ones it implements still run, the names it calls them by are built once, and the mid-epoch checkpoint reads
+its clock every ten steps."""
 
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+import pytest
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, model_checkpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
 
 from cifar_lab.callbacks import MidEpochCheckpoint, NonFiniteGuard, RandomStateCheckpoint, skip_idle_batch_hooks
@@ -71,3 +73,30 @@ def test_the_mid_epoch_checkpoint_keeps_the_state_key_model_checkpoint_builds_fo
     for checkpoint in (MidEpochCheckpoint(), MidEpochCheckpoint(every_n_minutes=None, every_n_train_steps=7)):
         assert checkpoint.state_key == ModelCheckpoint.state_key.fget(checkpoint)
         assert checkpoint.state_key.startswith("MidEpochCheckpoint{")
+
+
+class SavedAtSteps(Callback):
+    """Sets a fake clock to one minute a step, and records the step of every checkpoint saved."""
+
+    def __init__(self) -> None:
+        self.now, self.saved_at = 0.0, []
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        self.now = 60.0 * trainer.global_step
+
+    def on_save_checkpoint(self, trainer: L.Trainer, *args: Any) -> None:
+        self.saved_at.append(trainer.global_step)
+
+
+def test_a_time_triggered_mid_epoch_checkpoint_reads_the_clock_every_ten_steps(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    recorder = SavedAtSteps()
+    monkeypatch.setattr(model_checkpoint.time, "monotonic", lambda: recorder.now)
+    checkpoint = MidEpochCheckpoint(every_n_minutes=2.5, dirpath=tmp_path)
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=25, limit_val_batches=0, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                        callbacks=[recorder, checkpoint])
+    trainer.fit(BoringModel())
+    # 2.5 minutes are up from step 3 on; the clock is read at steps 10 and 20, each time 10 minutes after the last
+    assert recorder.saved_at == [10, 20]
+    assert (tmp_path / "last.ckpt").is_file()
