@@ -157,8 +157,8 @@ class ImageClassifier(L.LightningModule):
         logits = self(images)
         loss = F.cross_entropy(logits, mixed_targets, label_smoothing=self.hparams.label_smoothing)
         self.waiting_steps.append((logits.detach().argmax(dim=1), targets, loss.detach()))
-        if self._step_metrics_written():  # the progress bar shows the loss of the last written step
-            self.log("train/loss_step", loss, prog_bar=self._progress_bar_shown())
+        if self._step_metrics_written():  # not prog_bar: Lightning would read it back to the host every step
+            self.log("train/loss_step", loss)
         return loss
 
     def on_train_batch_end(self, outputs: Tensor | dict[str, Any], batch: Any, batch_idx: int) -> None:

@@ -9,6 +9,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader, TensorDataset
 
 import cifar_lab.module as module_of_classifier
+from cifar_lab.callbacks import ThrottledProgressBar
 from cifar_lab.data import ImageDataModule
 from cifar_lab.module import ImageClassifier, accuracy_metrics
 from cifar_lab.optim import apply_group_scales
@@ -101,14 +102,34 @@ def test_training_metrics_are_updated_every_n_steps_and_where_an_epoch_or_the_ru
     assert model.waiting_steps == []
 
 
-@pytest.mark.parametrize("progress_bar", [False, True])
-def test_the_step_loss_reaches_the_progress_bar_only_when_one_is_shown(npz_dir: Path, progress_bar: bool) -> None:
-    """Lightning reads progress-bar values back to the host after every step: a device sync."""
+class ItemCalls(L.Callback):
+    """The number of ``Tensor.item`` calls made so far, at each training batch's end."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls, self.at_batch_end = 0, []
+        item = torch.Tensor.item
+        monkeypatch.setattr(torch.Tensor, "item", lambda tensor: (self._count(), item(tensor))[1])
+
+    def _count(self) -> None:
+        self.calls += 1
+
+    def on_train_batch_end(self, *args) -> None:
+        self.at_batch_end.append(self.calls)
+
+
+def test_a_training_step_reads_no_value_back_to_the_host_while_the_bar_shows_the_loss_at_redraws(
+        npz_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU, each ``.item()`` waits for the device; Lightning makes one a step for each ``prog_bar=True`` value."""
     dm = ImageDataModule(str(npz_dir), download=False, batch_size=32, num_workers=0, val_size=50)
-    trainer = tiny_trainer(max_steps=3, limit_val_batches=0, log_every_n_steps=3, enable_progress_bar=progress_bar)
-    trainer.fit(ImageClassifier("simple_cnn"), dm)
-    assert ("train/loss_step" in trainer.progress_bar_metrics) is progress_bar
-    assert "train/loss_step" in trainer.callback_metrics
+    bar, reads = ThrottledProgressBar(redraws_per_second=1e-9), ItemCalls(monkeypatch)  # redraws: first, last batch
+    trainer = tiny_trainer(max_epochs=1, limit_train_batches=6, limit_val_batches=0, log_every_n_steps=2,
+                           enable_progress_bar=True, callbacks=[reads, bar])
+    model = ImageClassifier("simple_cnn", optimizer=partial(torch.optim.SGD, lr=0.01))  # Adam reads its step count
+    trainer.fit(model, dm)
+    assert reads.at_batch_end[4] - reads.at_batch_end[0] == 0  # batches 2-5, three of them logging the loss
+    assert "train/loss_step" not in trainer.progress_bar_metrics
+    shown = bar.get_metrics(trainer, model)["train/loss_step"]
+    assert shown == trainer.callback_metrics["train/loss_step"].item()
 
 
 def test_accuracy_metrics_match_hand_computed_values() -> None:
