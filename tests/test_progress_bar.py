@@ -65,3 +65,9 @@ def test_a_redraw_rate_of_zero_is_refused_with_the_allowed_range() -> None:
     allowed = r"^ThrottledProgressBar.redraws_per_second must be a number > 0 \(redraws a second\), got 0$"
     with pytest.raises(ConfigError, match=allowed):
         ThrottledProgressBar(redraws_per_second=0)
+
+
+def test_a_single_metric_name_given_as_a_string_is_refused_with_the_list_to_write() -> None:
+    with pytest.raises(ConfigError, match=r"must be a list of metric names, got the string 'val/acc': "
+                                          r"write \['val/acc'\]$"):
+        ThrottledProgressBar(redraw_metrics="val/acc")

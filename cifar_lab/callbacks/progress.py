@@ -29,6 +29,9 @@ class ThrottledProgressBar(RichProgressBar):
         if redraws_per_second <= 0:
             raise ConfigError(f"ThrottledProgressBar.redraws_per_second must be a number > 0 (redraws a second), "
                               f"got {redraws_per_second}")
+        if isinstance(redraw_metrics, str):  # a string is a sequence too: of one-letter names
+            raise ConfigError(f"ThrottledProgressBar.redraw_metrics must be a list of metric names, "
+                              f"got the string {redraw_metrics!r}: write [{redraw_metrics!r}]")
         super().__init__(**kwargs)
         self.redraw_interval = 1.0 / redraws_per_second
         self.redraw_metrics = list(redraw_metrics)
