@@ -170,7 +170,8 @@ def bench_host_overhead(args: argparse.Namespace) -> dict:
     thread makes it show. The same net, batches, loss and SGD three ways: a plain loop, bare Lightning (no
     callbacks, no logger) and ``cifar-lab fit`` with the callbacks, logger and divergence guard every run gets.
     Min and median ms per step over ``--repeats`` fits of ``--overhead-steps`` steps each (plus warm-up), and the
-    median over repeats of each repeat's difference to the plain loop and to bare Lightning."""
+    median over repeats of each repeat's difference to the plain loop and to bare Lightning. Bare Lightning runs
+    twice a repeat; the median difference of its two fits (``noise_...``) is the noise of such a difference here."""
     steps, warmup, threads = args.overhead_steps, 10, torch.get_num_threads()
     dm = ImageDataModule(args.data_dir, download=False, batch_size=PROXY_BATCH, val_size=0, loader="device",
                          drop_last=True, augment="none")
@@ -222,7 +223,8 @@ def bench_host_overhead(args: argparse.Namespace) -> dict:
         profiled.update(getattr(cli.trainer.profiler, "recorded_durations", {}))
         return clock.end - clock.start
 
-    loops = {"plain_loop": plain, "bare_lightning": bare, "lightning": ours}
+    # bare Lightning twice a repeat: how far two fits of the same loop differ is this machine's noise
+    loops = {"plain_loop": plain, "bare_lightning": bare, "lightning": ours, "bare_lightning_again": bare}
     seconds: dict[str, list[float]] = {name: [] for name in loops}
     profiled: dict[str, list[float]] = {}
     torch.set_num_threads(1)
@@ -247,6 +249,8 @@ def bench_host_overhead(args: argparse.Namespace) -> dict:
                                                                             seconds["plain_loop"], steps)
     results["lightning_extra_vs_bare_ms_per_step_paired_median"] = paired_median_ms(seconds["lightning"],
                                                                                     seconds["bare_lightning"], steps)
+    results["noise_bare_vs_bare_ms_per_step_paired_median"] = paired_median_ms(seconds["bare_lightning_again"],
+                                                                               seconds["bare_lightning"], steps)
     results["callback_hooks_ms_per_step"] = per_step_hook_costs(profiled, warmup + steps)
     return results
 
