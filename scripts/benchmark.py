@@ -229,8 +229,9 @@ def bench_host_overhead(args: argparse.Namespace) -> dict:
     profiled: dict[str, list[float]] = {}
     torch.set_num_threads(1)
     try:
-        for _ in range(args.repeats):  # interleaved, so a change in the machine's load touches all three alike
-            for name, loop in loops.items():
+        for repeat in range(args.repeats):  # interleaved, every other repeat in reverse order: a drift in the
+            # machine's speed, or a fit's place in the order, touches every loop alike
+            for name, loop in list(loops.items())[::1 if repeat % 2 == 0 else -1]:
                 seconds[name].append(loop())
         # where the time goes: one more fit under Lightning's SimpleProfiler (its report to a scratch file)
         ours("--trainer.profiler", "lightning.pytorch.profilers.SimpleProfiler", "--trainer.profiler.dirpath",

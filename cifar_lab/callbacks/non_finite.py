@@ -1,6 +1,5 @@
 """Stop a diverging run at once, naming the step and the checkpoint to go back to."""
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +42,11 @@ class NonFiniteGuard(Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        loss = outputs.get("loss")  # Lightning's loops hand a dict, its loss detached (automatic and manual)
         if loss is None:
             return
         step = trainer.global_step
-        self.losses.append(loss.detach())
+        self.losses.append(loss)
         self.steps.append(step)
         if step % self.check_every_n_steps == 0:
             self._check(trainer)

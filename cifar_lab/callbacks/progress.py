@@ -19,9 +19,10 @@ class ThrottledProgressBar(RichProgressBar):
 
     Args:
         redraws_per_second: at most this many redraws a second (a number > 0).
-        redraw_metrics: metrics logged without ``prog_bar`` that the bar shows, read back to the host when it
-            redraws. Lightning reads a ``prog_bar=True`` value back after every step, whether or not a bar
-            redraws (on a GPU, a device sync a step); ``ImageClassifier`` logs ``train/loss_step`` without it.
+        redraw_metrics: metrics the bar shows from the callback metrics (logged without ``prog_bar``) or the
+            module's ``step_metrics`` (which ``ImageClassifier`` writes to the loggers itself, ``train/loss_step``),
+            read back to the host when it redraws. Lightning reads a ``prog_bar=True`` value back after every
+            step, whether or not a bar redraws (on a GPU, a device sync a step).
     """
 
     def __init__(self, redraws_per_second: float = 10.0, redraw_metrics: Sequence[str] = ("train/loss_step",),
@@ -39,7 +40,7 @@ class ThrottledProgressBar(RichProgressBar):
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         """Lightning's bar metrics and ``redraw_metrics``, each read back to the host here, at a redraw."""
-        metrics = trainer.callback_metrics
+        metrics = {**trainer.callback_metrics, **getattr(pl_module, "step_metrics", {})}  # any LightningModule
         shown = {name: float(metrics[name]) for name in self.redraw_metrics if name in metrics}
         return super().get_metrics(trainer, pl_module) | shown
 
