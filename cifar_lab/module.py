@@ -253,7 +253,10 @@ class ImageClassifier(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep every process's running training metrics and the steps waiting to join them, so an epoch resumed
         from a mid-epoch checkpoint reports the same ``train/acc`` and ``train/loss_epoch`` as an uninterrupted
-        one."""
+        one. A checkpoint saved in a callback's ``on_train_batch_end`` comes before this module's, where the step's
+        loss is written: it is written here first, so the events on disk reach the checkpoint's step."""
+        if self.step_loss_to_write is not None:
+            self._write_step_loss()
         states = {name: self._gathered(metric.metric_state) for name, metric in self._epoch_metrics().items()}
         saved = {"epoch": self.current_epoch, "states": states}
         if self.waiting_steps:  # the same steps wait on every process: they take their steps together
