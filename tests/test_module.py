@@ -57,7 +57,7 @@ class LogsEveryStep(ImageClassifier):
 
 
 def test_training_writes_the_same_scalars_as_logging_every_step(npz_dir: Path, tmp_path: Path) -> None:
-    written = {}
+    written, logged = {}, {}
     for module in (ImageClassifier, LogsEveryStep):
         L.seed_everything(0)
         dm = ImageDataModule(str(npz_dir), download=False, batch_size=24, num_workers=0, val_size=50)
@@ -67,11 +67,14 @@ def test_training_writes_the_same_scalars_as_logging_every_step(npz_dir: Path, t
         trainer.fit(module("simple_cnn", backbone_kwargs={"dropout": 0.0}), dm)
         written[module] = {tag: read_scalars(logger.log_dir, tag) for tag in ("train/loss_step", "train/loss_epoch",
                                                                              "train/acc")}
+        logged[module] = dict(trainer.logged_metrics)
     ours, reference = written[ImageClassifier], written[LogsEveryStep]
     assert list(ours["train/loss_step"]) == list(reference["train/loss_step"]) == [1, 3, 5, 7, 9]
     for tag, values in reference.items():
         assert ours[tag] == pytest.approx(values, rel=1e-5), tag
     assert len(ours["train/loss_epoch"]) == len(ours["train/acc"]) == 2
+    assert logged[ImageClassifier].keys() == logged[LogsEveryStep].keys()  # trainer.logged_metrics as Lightning's
+    assert logged[ImageClassifier]["train/loss_step"] == pytest.approx(logged[LogsEveryStep]["train/loss_step"])
 
 
 def test_waiting_steps_join_the_training_metrics_each_counted_by_its_images() -> None:
@@ -129,7 +132,7 @@ def test_a_training_step_reads_no_value_back_to_the_host_while_the_bar_shows_the
     assert reads.at_batch_end[4] - reads.at_batch_end[0] == 0  # batches 2-5, three of them logging the loss
     assert "train/loss_step" not in trainer.progress_bar_metrics
     shown = bar.get_metrics(trainer, model)["train/loss_step"]
-    assert shown == model.step_metrics["train/loss_step"].item()  # step 6's: without a logger, kept on the device
+    assert shown == model.step_metrics["train/loss_step"].item()  # step 6's, kept on the device
 
 
 def test_accuracy_metrics_match_hand_computed_values() -> None:
