@@ -14,6 +14,10 @@
                 ``--airbench-path`` to its unpacked source) vs ``configs/fast/airbench94.yaml`` through the
                 CLI, ``--seeds`` runs each, each trainer in a subprocess of its own, timed the same way
                 after a warm-up run; then section b on the same GPU. Without CUDA it says so and skips.
+  f. instructions: on a CPU, under valgrind's callgrind (``apt install valgrind``), the instructions a training
+                step takes in section b's three loops on a narrower proxy, counted over the steps after the
+                warm-up: differences below the wall clock's noise on a shared machine. Without valgrind it says
+                so and skips.
 
 Each figure is a median over ``--repeats``. ``--quick`` shrinks everything to CPU size (and says
 so in the table). Results go to stdout; ``--out DIR`` also writes ``benchmark.json`` and
@@ -22,12 +26,14 @@ so in the table). Results go to stdout; ``--out DIR`` also writes ``benchmark.js
     python scripts/benchmark.py --device cuda --out results/
     python scripts/benchmark.py --device cpu --quick
     python scripts/benchmark.py --device cpu --sections cpu-recipe --out results/
+    python scripts/benchmark.py --device cpu --sections overhead,instructions --repeats 15 --overhead-steps 300
 """
 
 import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -35,6 +41,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -129,40 +136,141 @@ class StepTimer(L.Callback):
         self.seconds = time.perf_counter() - self.start
 
 
-PROXY_BACKBONE, PROXY_BATCH = "lenet5", 32  # a step of about 5 ms on one CPU thread: Lightning's host time shows
+@dataclass(frozen=True)
+class Proxy:
+    """A net and batch small enough that the host's share of a training step shows, and the SGD rate it trains at."""
+    backbone: str
+    backbone_kwargs: dict[str, Any] | None
+    batch_size: int
+    lr: float
+
+    def network(self) -> nn.Module:
+        torch.manual_seed(0)
+        return create(self.backbone, **(self.backbone_kwargs or {}))
+
+    def optimizer(self, net: nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.SGD(net.parameters(), lr=self.lr, momentum=0.85, nesterov=True, weight_decay=5e-4)
+
+    def datamodule(self, data_dir: str) -> ImageDataModule:
+        dm = ImageDataModule(data_dir, download=False, batch_size=self.batch_size, val_size=0, loader="device",
+                             drop_last=True, augment="none")
+        dm.prepare_data()
+        dm.setup("fit")
+        return dm
+
+
+TIMED_PROXY = Proxy("lenet5", None, 32, 0.1)  # a step of about 5 ms on one CPU thread: Lightning's host time shows
+# the network's own work a small share of a step's instructions (on lenet5 94%): about 2 ms a step on one thread
+COUNTED_PROXY = Proxy("mlp", {"hidden": [16], "dropout": 0.0}, 32, 0.01)
+
+
+class Stopwatch:
+    """The wall-clock seconds from ``open`` to ``close``: a loop's timed steps."""
+
+    seconds = 0.0
+
+    def open(self) -> None:
+        self.start = time.perf_counter()
+
+    def close(self) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+
+class InstructionCounter:
+    """Switches callgrind's counting on at ``open`` and off at ``close``, in a process that runs under
+    ``valgrind --tool=callgrind --instr-atstart=no``: its output file then counts a loop's steps alone."""
+
+    def open(self) -> None:
+        self.switch("on")
+
+    def close(self) -> None:
+        self.switch("off")
+
+    @staticmethod
+    def switch(state: str) -> None:
+        subprocess.run(["callgrind_control", f"--instr={state}", str(os.getpid())], check=True, capture_output=True)
+
+
+class StepWindow(L.Callback):
+    """Opens ``window`` at the end of the warm-up's last step and closes it at the end of the last step (the
+    checkpoint and teardown at the end of fit are not steps)."""
+
+    def __init__(self, warmup: int, steps: int, window: Stopwatch | InstructionCounter) -> None:
+        self.warmup, self.steps, self.window = warmup, steps, window
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        if trainer.global_step == self.warmup:
+            self.window.open()
+        elif trainer.global_step == self.warmup + self.steps:
+            self.window.close()
 
 
 class BareModule(L.LightningModule):
     """Lightning at its barest: a network, its loss and SGD; run with no callbacks and no logger."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: nn.Module, optimizer: Callable[[nn.Module], torch.optim.Optimizer]) -> None:
         super().__init__()
-        self.net = net
+        self.net, self.make_optimizer = net, optimizer
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
         return F.cross_entropy(self.net(images), labels, label_smoothing=0.2)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return proxy_optimizer(self.net)
+        return self.make_optimizer(self.net)
 
 
-def proxy_optimizer(net: nn.Module) -> torch.optim.Optimizer:
-    return torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.85, nesterov=True, weight_decay=5e-4)
+def plain_fit(proxy: Proxy, dm: ImageDataModule, warmup: int, steps: int, window: Stopwatch | InstructionCounter,
+              args: argparse.Namespace) -> None:
+    """The proxy trained by a plain PyTorch loop, ``window`` open over its steps after ``warmup``."""
+    net, loader = proxy.network().train(), dm.train_dataloader()
+    optimizer, batches = proxy.optimizer(net), iter(loader)
+    for step in range(warmup + steps):
+        if step == warmup:
+            window.open()
+        try:
+            images, labels = next(batches)
+        except StopIteration:  # a new epoch, as Lightning starts one
+            batches = iter(loader)
+            images, labels = next(batches)
+        loss = F.cross_entropy(net(images), labels, label_smoothing=0.2)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    window.close()
 
 
-class StepClock(L.Callback):
-    """Host seconds of the training steps after ``warmup``: from the end of the warm-up's last step to the end of
-    the last one (the checkpoint and teardown at the end of fit are not steps)."""
+def bare_fit(proxy: Proxy, dm: ImageDataModule, warmup: int, steps: int, window: Stopwatch | InstructionCounter,
+             args: argparse.Namespace) -> None:
+    """The proxy trained by bare Lightning: no callbacks, no logger, no progress bar."""
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=warmup + steps, logger=False,
+                        callbacks=[StepWindow(warmup, steps, window)], enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(BareModule(proxy.network(), proxy.optimizer), train_dataloaders=dm.train_dataloader())
 
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.start, self.end = warmup, 0.0, 0.0
 
-    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
-        now = time.perf_counter()
-        if trainer.global_step == self.warmup:
-            self.start = now
-        self.end = now
+def cifar_lab_fit(proxy: Proxy, dm: ImageDataModule, warmup: int, steps: int, window: Stopwatch | InstructionCounter,
+                  args: argparse.Namespace, *extra: str) -> L.Trainer:
+    """The proxy trained by ``cifar-lab fit`` with everything a run gets (checkpoints, the divergence guard, the
+    logger, the figure and speed callbacks, the progress bar); ``extra`` are more CLI arguments."""
+    cli = build_cli(["--config", str(CPU_CONFIG), "--model.backbone", proxy.backbone,
+                     "--model.backbone_kwargs", json.dumps(proxy.backbone_kwargs), "--model.lr_scheduler", "null",
+                     "--model.channels_last", "false", "--model.norm_lr_scale", "1", "--model.label_smoothing", "0.2",
+                     "--model.optimizer.init_args.lr", str(proxy.lr), "--model.optimizer.init_args.weight_decay",
+                     "5e-4",  # the recipe's SGD at the proxy's rate, as Proxy.optimizer
+                     "--trainer.callbacks", "[]", "--trainer.precision", "32-true", "--data.augment", "none",
+                     "--data.batch_augment", "null", "--data.batch_size", str(proxy.batch_size), "--data.val_size", "0",
+                     "--data.data_dir", args.data_dir, "--trainer.max_steps", str(warmup + steps),
+                     "--trainer.max_epochs", "-1", "--trainer.default_root_dir", args.scratch,
+                     "--trainer.logger.init_args.save_dir", args.scratch, *extra], run=False)
+    cli.trainer.callbacks.append(StepWindow(warmup, steps, window))
+    cli.datamodule.datasets = dm.datasets  # skip re-reading the array file
+    cli.trainer.fit(cli.model, cli.datamodule)
+    return cli.trainer
+
+
+PROXY_LOOPS = {"plain_loop": plain_fit, "bare_lightning": bare_fit, "lightning": cifar_lab_fit}
+WARMUP_STEPS = 10
 
 
 def bench_host_overhead(args: argparse.Namespace) -> dict:
@@ -172,61 +280,19 @@ def bench_host_overhead(args: argparse.Namespace) -> dict:
     Min and median ms per step over ``--repeats`` fits of ``--overhead-steps`` steps each (plus warm-up), and the
     median over repeats of each repeat's difference to the plain loop and to bare Lightning. Bare Lightning runs
     twice a repeat; the median difference of its two fits (``noise_...``) is the noise of such a difference here."""
-    steps, warmup, threads = args.overhead_steps, 10, torch.get_num_threads()
-    dm = ImageDataModule(args.data_dir, download=False, batch_size=PROXY_BATCH, val_size=0, loader="device",
-                         drop_last=True, augment="none")
-    dm.prepare_data()
-    dm.setup("fit")
+    steps, threads, proxy = args.overhead_steps, torch.get_num_threads(), TIMED_PROXY
+    dm = proxy.datamodule(args.data_dir)
 
-    def network() -> nn.Module:
-        torch.manual_seed(0)
-        return create(PROXY_BACKBONE)
-
-    def plain() -> float:
-        net, loader = network().train(), dm.train_dataloader()
-        optimizer, batches = proxy_optimizer(net), iter(loader)
-        for step in range(warmup + steps):
-            if step == warmup:
-                start = time.perf_counter()
-            try:
-                images, labels = next(batches)
-            except StopIteration:  # a new epoch, as Lightning starts one
-                batches = iter(loader)
-                images, labels = next(batches)
-            loss = F.cross_entropy(net(images), labels, label_smoothing=0.2)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        return time.perf_counter() - start
-
-    def bare() -> float:
-        clock = StepClock(warmup)
-        trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=warmup + steps, logger=False, callbacks=[clock],
-                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-        trainer.fit(BareModule(network()), train_dataloaders=dm.train_dataloader())
-        return clock.end - clock.start
-
-    def ours(*extra: str) -> float:
-        cli = build_cli(["--config", str(CPU_CONFIG), "--model.backbone", PROXY_BACKBONE, "--model.backbone_kwargs", "null",
-                         "--model.lr_scheduler", "null", "--model.channels_last", "false", "--model.norm_lr_scale", "1",
-                         "--model.label_smoothing", "0.2", "--model.optimizer.init_args.lr", "0.1",
-                         "--model.optimizer.init_args.weight_decay", "5e-4",  # the recipe's SGD, proxy_optimizer's rate
-                         "--trainer.callbacks", "[]", "--trainer.precision", "32-true", "--data.augment", "none",
-                         "--data.batch_augment", "null", "--data.batch_size", str(PROXY_BATCH), "--data.val_size", "0",
-                         "--data.data_dir", args.data_dir, "--trainer.max_steps", str(warmup + steps),
-                         "--trainer.max_epochs", "-1", "--trainer.default_root_dir", args.scratch,
-                         "--trainer.logger.init_args.save_dir", args.scratch, *extra], run=False)
-        clock = StepClock(warmup)
-        cli.trainer.callbacks.append(clock)
-        cli.datamodule.datasets = dm.datasets  # skip re-reading the array file
-        cli.trainer.fit(cli.model, cli.datamodule)
-        profiled.update(getattr(cli.trainer.profiler, "recorded_durations", {}))
-        return clock.end - clock.start
+    def timed(fit: Callable[..., Any]) -> Callable[[], float]:
+        def seconds() -> float:
+            stopwatch = Stopwatch()
+            fit(proxy, dm, WARMUP_STEPS, steps, stopwatch, args)
+            return stopwatch.seconds
+        return seconds
 
     # bare Lightning twice a repeat: how far two fits of the same loop differ is this machine's noise
-    loops = {"plain_loop": plain, "bare_lightning": bare, "lightning": ours, "bare_lightning_again": bare}
+    loops = {name: timed(fit) for name, fit in PROXY_LOOPS.items()} | {"bare_lightning_again": timed(bare_fit)}
     seconds: dict[str, list[float]] = {name: [] for name in loops}
-    profiled: dict[str, list[float]] = {}
     torch.set_num_threads(1)
     try:
         for repeat in range(args.repeats):  # interleaved, every other repeat in reverse order: a drift in the
@@ -234,11 +300,12 @@ def bench_host_overhead(args: argparse.Namespace) -> dict:
             for name, loop in list(loops.items())[::1 if repeat % 2 == 0 else -1]:
                 seconds[name].append(loop())
         # where the time goes: one more fit under Lightning's SimpleProfiler (its report to a scratch file)
-        ours("--trainer.profiler", "lightning.pytorch.profilers.SimpleProfiler", "--trainer.profiler.dirpath",
-             args.scratch, "--trainer.profiler.filename", "host_overhead_profile")
+        profiled = cifar_lab_fit(proxy, dm, WARMUP_STEPS, steps, Stopwatch(), args, "--trainer.profiler",
+                                 "lightning.pytorch.profilers.SimpleProfiler", "--trainer.profiler.dirpath",
+                                 args.scratch, "--trainer.profiler.filename", "host_overhead_profile").profiler
     finally:
         torch.set_num_threads(threads)
-    results = {"proxy": f"{PROXY_BACKBONE}, batch {PROXY_BATCH}, 1 thread, {steps} steps x {args.repeats} repeats"}
+    results = {"proxy": f"{proxy.backbone}, batch {proxy.batch_size}, 1 thread, {steps} steps x {args.repeats} repeats"}
     for name, runs in seconds.items():
         results[f"{name}_ms_per_step_min"] = 1e3 * min(runs) / steps
         results[f"{name}_ms_per_step_median"] = 1e3 * statistics.median(runs) / steps
@@ -252,7 +319,7 @@ def bench_host_overhead(args: argparse.Namespace) -> dict:
                                                                                     seconds["bare_lightning"], steps)
     results["noise_bare_vs_bare_ms_per_step_paired_median"] = paired_median_ms(seconds["bare_lightning_again"],
                                                                                seconds["bare_lightning"], steps)
-    results["callback_hooks_ms_per_step"] = per_step_hook_costs(profiled, warmup + steps)
+    results["callback_hooks_ms_per_step"] = per_step_hook_costs(profiled.recorded_durations, WARMUP_STEPS + steps)
     return results
 
 
@@ -271,6 +338,72 @@ def per_step_hook_costs(durations: dict[str, list[float]], steps: int, top: int 
             name = f"{callback.split('{')[0]}.{hook}"  # without the callback's state key
             costs[name] = 1e3 * statistics.median(times) * len(times) / steps
     return dict(sorted(costs.items(), key=lambda item: -item[1])[:top])
+
+
+def bench_instructions(args: argparse.Namespace, device: torch.device) -> dict:
+    """f. on a CPU: the instructions a training step takes in each of section b's three loops, counted by
+    valgrind's callgrind over the steps after the warm-up, one subprocess a loop. Unlike the wall clock, a count
+    is the same on a busy machine, so it tells apart differences smaller than a shared machine's noise. The proxy
+    is narrower than section b's (``COUNTED_PROXY``), and ``cifar-lab fit`` runs without its progress bar: under
+    callgrind a step takes a tenth of a second, and the bar, which redraws on a clock, would redraw at every step
+    (in a fit at full speed, about every 20th). Bare Lightning's ms per step, timed here without callgrind,
+    converts the differences to ms."""
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        print("instructions: valgrind's callgrind is not installed here (Debian/Ubuntu: apt install valgrind): skipped",
+              flush=True)
+        return {"skipped": "no valgrind"}
+    proxy, steps = COUNTED_PROXY, args.overhead_steps
+    counts = {name: count_instructions(name, args) / steps for name in PROXY_LOOPS}
+    dm, threads = proxy.datamodule(args.data_dir), torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        bare_seconds = []
+        for _ in range(args.repeats):
+            stopwatch = Stopwatch()
+            bare_fit(proxy, dm, WARMUP_STEPS, steps, stopwatch, args)
+            bare_seconds.append(stopwatch.seconds)
+    finally:
+        torch.set_num_threads(threads)
+    ms_per_million = 1e3 * statistics.median(bare_seconds) / steps / (counts["bare_lightning"] / 1e6)
+    results = {"proxy": f"{proxy.backbone} {proxy.backbone_kwargs}, batch {proxy.batch_size}, 1 thread, {steps} "
+                        f"steps, progress bar off"}
+    results |= {f"{name}_m_instructions_per_step": count / 1e6 for name, count in counts.items()}
+    for name, baseline in (("lightning_extra", "plain_loop"), ("lightning_extra_vs_bare", "bare_lightning")):
+        extra = (counts["lightning"] - counts[baseline]) / 1e6
+        results[f"{name}_m_instructions_per_step"] = extra
+        results[f"{name}_ms_per_step_at_bare_lightnings_pace"] = extra * ms_per_million
+    results["bare_lightning_ms_per_m_instructions"] = ms_per_million
+    return results
+
+
+def count_instructions(loop: str, args: argparse.Namespace) -> int:
+    """The instructions of ``loop``'s steps after the warm-up: this script run again under callgrind with
+    ``--count-loop``, its counting off but for those steps (``InstructionCounter``)."""
+    out = Path(args.scratch) / f"{loop}.callgrind"
+    run = subprocess.run(["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
+                          sys.executable, __file__, "--count-loop", loop, "--data-dir", args.data_dir,
+                          "--overhead-steps", str(args.overhead_steps)], capture_output=True, text=True, check=False)
+    if run.returncode != 0:
+        raise SystemExit(f"instructions: {loop} under callgrind failed: {run.stderr[-2000:]}")
+    return callgrind_instructions(out)
+
+
+def counted_loop(args: argparse.Namespace) -> None:
+    """``--count-loop``: one of section b's loops on the counted proxy, callgrind counting its steps alone."""
+    torch.set_num_threads(1)
+    proxy = COUNTED_PROXY
+    PROXY_LOOPS[args.count_loop](proxy, proxy.datamodule(args.data_dir), WARMUP_STEPS, args.overhead_steps,
+                                 InstructionCounter(), args, *(["--trainer.enable_progress_bar", "false"]
+                                                               if args.count_loop == "lightning" else []))
+
+
+def callgrind_instructions(path: Path) -> int:
+    """The instructions callgrind counted in a run: its output file's ``totals`` line, the sum of its cost lines
+    (its ``summary`` line says 0 where counting was switched on and off during the run)."""
+    for line in path.read_text().splitlines():
+        if line.startswith("totals:"):
+            return int(line.split()[1])
+    raise ValueError(f"{path} has no totals line: not a callgrind output file")
 
 
 def bench_overhead(args: argparse.Namespace, device: torch.device) -> dict:
@@ -609,13 +742,14 @@ def bench_airbench(args: argparse.Namespace, device: torch.device) -> dict:
 
 def markdown(report: dict) -> str:
     env, a, b, c = report["environment"], report.get("pipeline"), report.get("overhead"), report.get("accuracy")
-    d, e = report.get("cpu-recipe"), report.get("airbench")
+    d, e, f = report.get("cpu-recipe"), report.get("airbench"), report.get("instructions")
     lines = [f"Device: {env['device']}; torch {env['torch']}, lightning {env['lightning']}"
              + (" (quick)" if env["quick"] else "")]
-    if a or b or c:
+    counted = f if f and "skipped" not in f else None
+    if a or b or c or counted:
         lines += [f"Sections a-c: batch {env['batch_size']}, medians over {env['repeats']} repeats", "",
                   "| measurement | images/s or value |", "| --- | --- |"]
-    for section in (a, b):
+    for section in (a, b, counted):
         for key, value in (section or {}).items():
             for name, figure in value.items() if isinstance(value, dict) else [(None, value)]:  # per-hook costs
                 text = figure if isinstance(figure, str) else f"{figure:,.2f}" if name is None else f"{figure:.3f}"
@@ -639,6 +773,8 @@ def markdown(report: dict) -> str:
                      f"host-device syncs per step: {e['overhead'].get('lightning_host_syncs_per_step', 'n/a')}")
     elif e:
         lines.append(f"\nairbench section: {e['skipped']}, not run")
+    if f and not counted:
+        lines.append(f"\ninstructions section: {f['skipped']}, not run")
     return "\n".join(lines) + "\n"
 
 
@@ -697,6 +833,7 @@ def main() -> None:
                                                 "is not installed")
     parser.add_argument("--evals-per-epoch", type=positive_int, default=4,
                         help="cpu-recipe: test accuracy this many times an epoch (not timed)")
+    parser.add_argument("--count-loop", choices=list(PROXY_LOOPS), help=argparse.SUPPRESS)  # instructions' subprocess
     args = parser.parse_args()
     args.batch_size = 1024
     args.pipeline_batches = 10 if args.quick else 44
@@ -708,6 +845,8 @@ def main() -> None:
         args.seeds = min(args.seeds, 2)
     device = torch.device(args.device)
     args.scratch = tempfile.mkdtemp(prefix="cifar_lab_benchmark_")
+    if args.count_loop:
+        return counted_loop(args)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     report = {"environment": {
@@ -716,7 +855,7 @@ def main() -> None:
         "repeats": args.repeats, "quick": args.quick, "precision": args.precision, "fit_args": args.fit_args,
     }}
     benches = {"pipeline": bench_pipeline, "overhead": bench_overhead, "accuracy": bench_accuracy,
-               "cpu-recipe": bench_cpu_recipe, "airbench": bench_airbench}
+               "cpu-recipe": bench_cpu_recipe, "airbench": bench_airbench, "instructions": bench_instructions}
     for name in args.sections.split(","):
         report[name] = benches[name](args, device)
         print(json.dumps({name: report[name]}, indent=1), flush=True)

@@ -127,7 +127,7 @@ def test_benchmark_overhead_section_times_a_cpu_step_three_ways_subtracts_the_pl
     # Which 8 they are depends on timings; that they are per-step hooks of the run's own callbacks does not.
     run_callbacks = {"ModelCheckpoint", "MidEpochCheckpoint", "NonFiniteGuard", "EpochSpeed", "LearningRateMonitor",
                      "ThrottledProgressBar", "FigureLogger", "CSVPredictionWriter", "RandomStateCheckpoint", "HpMetric",
-                     "RunReport", "SaveConfigAsHparams", "RichModelSummary", "StepClock"}
+                     "RunReport", "SaveConfigAsHparams", "RichModelSummary", "StepWindow"}
     per_step = {"on_train_batch_start", "on_before_backward", "on_after_backward", "on_before_optimizer_step",
                 "on_before_zero_grad", "on_train_batch_end"}
     assert 0 < len(hooks) <= 8
@@ -185,3 +185,70 @@ def test_the_airbench_sections_summary_has_each_trainers_mean_std_and_interval()
     assert summary["mean_test_acc"] == pytest.approx(0.94) and summary["std_test_acc"] == pytest.approx(0.0141421, 1e-5)
     assert summary["ci95_test_acc"] == pytest.approx([0.94 - 0.127062, 0.94 + 0.127062], abs=1e-5)
     assert summary["mean_train_seconds"] == 5.0 and summary["std_train_seconds"] == pytest.approx(1.414214, 1e-6)
+
+
+class RecordingWindow:
+    """A step window that notes the optimizer steps taken when it opens and closes."""
+
+    def __init__(self, optimizer_steps: list[int]) -> None:
+        self.optimizer_steps, self.events = optimizer_steps, []
+
+    def open(self) -> None:
+        self.events.append(("open", len(self.optimizer_steps)))
+
+    def close(self) -> None:
+        self.events.append(("close", len(self.optimizer_steps)))
+
+
+@pytest.mark.parametrize("loop", ["plain_loop", "bare_lightning"])
+def test_the_proxy_loops_open_their_window_after_the_warmup_and_close_it_after_the_last_step(
+        loop: str, npz_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    benchmark = load_benchmark()
+    optimizer_steps: list[int] = []
+    step = torch.optim.SGD.step
+    monkeypatch.setattr(torch.optim.SGD, "step", lambda self, *a, **k: optimizer_steps.append(1) or step(self, *a, **k))
+    window = RecordingWindow(optimizer_steps)
+    proxy = benchmark.COUNTED_PROXY
+    args = SimpleNamespace(data_dir=str(npz_dir), scratch=str(tmp_path))
+    benchmark.PROXY_LOOPS[loop](proxy, proxy.datamodule(str(npz_dir)), 2, 3, window, args)
+    assert window.events == [("open", 2), ("close", 5)]
+
+
+def test_callgrind_instructions_reads_the_totals_line_not_the_summary_that_switching_leaves_at_zero(
+        tmp_path: Path) -> None:
+    benchmark = load_benchmark()
+    out = tmp_path / "run.callgrind"
+    out.write_text("# callgrind format\nversion: 1\ncmd: python\nevents: Ir\nfl=(1) a.c\nfn=(1) f\n16 40\n"
+                   "summary: 0\n\n\ntotals: 1234567\n")
+    assert benchmark.callgrind_instructions(out) == 1234567
+    out.write_text("events: Ir\n16 40\nsummary: 40\n")
+    with pytest.raises(ValueError, match="no totals line"):
+        benchmark.callgrind_instructions(out)
+
+
+def test_the_instructions_section_subtracts_the_counts_and_converts_them_at_bare_lightnings_pace(
+        npz_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    benchmark = load_benchmark()
+    monkeypatch.setattr(benchmark.shutil, "which", lambda name: f"/usr/bin/{name}")
+    counted = {"plain_loop": 5.0e6, "bare_lightning": 5.9e6, "lightning": 6.2e6}  # a step's, 4 steps counted
+    monkeypatch.setattr(benchmark, "count_instructions", lambda loop, args: 4 * counted[loop])
+    args = SimpleNamespace(overhead_steps=4, repeats=2, data_dir=str(npz_dir), scratch=str(tmp_path))
+    result = benchmark.bench_instructions(args, torch.device("cpu"))
+    assert result["plain_loop_m_instructions_per_step"] == pytest.approx(5.0)
+    assert result["lightning_extra_m_instructions_per_step"] == pytest.approx(1.2)
+    assert result["lightning_extra_vs_bare_m_instructions_per_step"] == pytest.approx(0.3)
+    pace = result["bare_lightning_ms_per_m_instructions"]  # timed: bare Lightning's ms a step / its 5.9 M
+    assert pace > 0
+    assert result["lightning_extra_ms_per_step_at_bare_lightnings_pace"] == pytest.approx(1.2 * pace)
+    assert result["lightning_extra_vs_bare_ms_per_step_at_bare_lightnings_pace"] == pytest.approx(0.3 * pace)
+
+
+def test_the_instructions_section_says_it_needs_valgrind_and_skips_cleanly_without_it(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    benchmark = load_benchmark()
+    monkeypatch.setattr(benchmark.shutil, "which", lambda name: None)
+    result = benchmark.bench_instructions(SimpleNamespace(), torch.device("cpu"))
+    assert result == {"skipped": "no valgrind"}
+    assert "apt install valgrind" in capsys.readouterr().out
+    report = {"environment": {"device": "CPU", "torch": "t", "lightning": "l", "quick": False}, "instructions": result}
+    assert benchmark.markdown(report).endswith("instructions section: no valgrind, not run\n")
