@@ -136,3 +136,16 @@ def test_training_batches_are_augmented_and_normalised(npz_dir: Path) -> None:
     assert images.shape == (32, 3, 32, 32) and images.dtype == torch.float32
     assert images.is_contiguous()  # NCHW: channels_last is the model's knob
     assert labels.dtype == torch.int64 and -3 < images.mean() < 3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host-device syncs exist on a CUDA device only")
+def test_training_batches_on_a_gpu_are_drawn_without_a_host_device_sync() -> None:
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, device="cuda")
+    loader = DeviceLoader(images, torch.arange(64, device="cuda"), 16, shuffle=True, stats=((0.5,) * 3, (0.25,) * 3),
+                          augment=BatchAugment(padding=2, padding_mode="reflect", flip="random", cutout=8))
+    torch.cuda.set_sync_debug_mode("error")  # a blocking copy or a read-back raises
+    try:
+        batches = list(loader)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len(batches) == 4 and all(batch.shape == (16, 3, 32, 32) for batch, _ in batches)

@@ -43,6 +43,13 @@ class BatchAugment:
 NO_AUGMENT = BatchAugment(padding=0, flip="none")
 
 
+def to_device(drawn: Tensor, device: torch.device) -> Tensor:
+    """A batch's augmentation draws (made on the CPU, from the batch's seeded generator) copied to the images'
+    device without waiting: a blocking copy to a GPU waits for all its queued work, a host-device sync per draw.
+    CUDA stages a copy from pageable memory before the call returns, so the CPU tensor may go at once."""
+    return drawn.to(device, non_blocking=True)
+
+
 def random_crop(images: Tensor, padding: int, mode: str, generator: torch.Generator) -> Tensor:
     """Pad the batch, then crop 32x32 at an independent random offset per image.
 
@@ -50,7 +57,7 @@ def random_crop(images: Tensor, padding: int, mode: str, generator: torch.Genera
     """
     n, _, h, w = images.shape
     padded = F.pad(images, (padding,) * 4, mode="constant" if mode == "zeros" else mode)
-    offsets = torch.randint(0, 2 * padding + 1, (2, n), generator=generator).to(images.device)
+    offsets = to_device(torch.randint(0, 2 * padding + 1, (2, n), generator=generator), images.device)
     windows = padded.unfold(2, h, 1).unfold(3, w, 1)  # [N, C, rows, cols, h, w]
     return windows[torch.arange(n, device=images.device), :, offsets[0], offsets[1]]
 
@@ -58,7 +65,7 @@ def random_crop(images: Tensor, padding: int, mode: str, generator: torch.Genera
 def cutout(images: Tensor, size: int, generator: torch.Generator) -> Tensor:
     """Set a size x size square per image (centred anywhere, clipped at the border) to 0, the mean colour."""
     n, _, h, w = images.shape
-    top_left = (torch.randint(0, h, (2, n), generator=generator) - size // 2).to(images.device)
+    top_left = to_device(torch.randint(0, h, (2, n), generator=generator) - size // 2, images.device)
     ys = torch.arange(h, device=images.device)[None, :]
     xs = torch.arange(w, device=images.device)[None, :]
     rows = (ys >= top_left[0, :, None]) & (ys < top_left[0, :, None] + size)
@@ -66,10 +73,16 @@ def cutout(images: Tensor, size: int, generator: torch.Generator) -> Tensor:
     return images.masked_fill(rows[:, None, :, None] & cols[:, None, None, :], 0.0)
 
 
-def normalize(images: Tensor, stats: ChannelStats) -> Tensor:
-    """uint8 -> normalised float32 with torchvision's ops, exactly as the per-image pipeline does."""
+def normalize(images: Tensor, stats: ChannelStats | tuple[Tensor, Tensor]) -> Tensor:
+    """uint8 -> normalised float32 with torchvision's ops, exactly as the per-image pipeline does.
+
+    ``stats`` given as float32 tensors on the images' device (``DeviceLoader``'s) spare torchvision's copy of the
+    lists to the device at each call: on a GPU, two blocking copies (host-device syncs) a batch.
+    """
     mean, std = stats
-    return TF.normalize(TF.to_dtype(images, torch.float32, scale=True), list(mean), list(std))
+    if not isinstance(mean, Tensor):
+        mean, std = list(mean), list(std)
+    return TF.normalize(TF.to_dtype(images, torch.float32, scale=True), mean, std)
 
 
 class DeviceLoader(EpochPosition):
@@ -109,7 +122,7 @@ class DeviceLoader(EpochPosition):
     ) -> None:
         super().__init__()
         self.images, self.labels = images, labels
-        self.stats = stats
+        self.stats = tuple(torch.tensor(list(values), dtype=torch.float32, device=images.device) for values in stats)
         self.batch_size, self.augment, self.drop_last = batch_size, augment, drop_last
         self.dtype = dtype
         # Only its order is used, so a range stands in for the dataset; Lightning calls its set_epoch.
@@ -132,7 +145,7 @@ class DeviceLoader(EpochPosition):
                 flip = torch.rand(len(images), generator=generator) < 0.5
             else:
                 flip = self.flip_parity[indices] ^ bool(self.sampler.epoch % 2)
-            flip = flip.to(images.device)[:, None, None, None]
+            flip = to_device(flip, images.device)[:, None, None, None]
             images = torch.where(flip, images.flip(-1), images)
         images = normalize(images, self.stats)
         if aug.cutout:
