@@ -346,8 +346,8 @@ def bench_instructions(args: argparse.Namespace, device: torch.device) -> dict:
     is the same on a busy machine, so it tells apart differences smaller than a shared machine's noise. The proxy
     is narrower than section b's (``COUNTED_PROXY``), and ``cifar-lab fit`` runs without its progress bar: under
     callgrind a step takes a tenth of a second, and the bar, which redraws on a clock, would redraw at every step
-    (in a fit at full speed, about every 20th). Bare Lightning's ms per step, timed here without callgrind,
-    converts the differences to ms."""
+    (at full speed, once in the 50 or more steps of a tenth of a second). Bare Lightning's ms per step, timed
+    here without callgrind, converts the differences to ms."""
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("instructions: valgrind's callgrind is not installed here (Debian/Ubuntu: apt install valgrind): skipped",
               flush=True)
