@@ -40,7 +40,8 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ from torchvision.transforms import v2
 from cifar_lab.cli import CifarLabCLI, build_cli
 from cifar_lab.data import ImageDataModule, sources
 from cifar_lab.data.datamodule import ImageArrayDataset
+from cifar_lab.errors import CifarLabError
 from cifar_lab.models import create
 from cifar_lab.reporting.statistics import spread
 
@@ -90,8 +92,8 @@ def drain(batches: Iterable, device: torch.device, limit: int) -> tuple[int, flo
     return images, time.perf_counter() - start
 
 
-def datamodule(args: argparse.Namespace, **kwargs) -> ImageDataModule:
-    dm = ImageDataModule(args.data_dir, download=False, batch_size=args.batch_size, **kwargs)
+def datamodule(data_dir: str, batch_size: int, **kwargs) -> ImageDataModule:
+    dm = ImageDataModule(data_dir, download=False, batch_size=batch_size, **kwargs)
     dm.prepare_data()
     dm.setup("fit")
     return dm
@@ -102,10 +104,11 @@ def bench_pipeline(args: argparse.Namespace, device: torch.device) -> dict:
     limit = args.pipeline_batches
     results = {}
     for workers in (0, args.workers):
-        dm = datamodule(args, num_workers=workers, pin_memory=device.type == "cuda")
+        dm = datamodule(args.data_dir, args.batch_size, num_workers=workers, pin_memory=device.type == "cuda")
         results[f"dataloader_{workers}_workers"] = median_rate(lambda: drain(dm.train_dataloader(), device, limit),
                                                               args.repeats)
-    dm = datamodule(args, loader="device", dtype="bfloat16" if device.type == "cuda" else "float32")
+    dm = datamodule(args.data_dir, args.batch_size, loader="device",
+                    dtype="bfloat16" if device.type == "cuda" else "float32")
     trainer = L.Trainer(accelerator=device.type, devices=1, logger=False)  # the loader asks it for the device
     dm.trainer = trainer
     loader = dm.train_dataloader()
@@ -152,11 +155,7 @@ class Proxy:
         return torch.optim.SGD(net.parameters(), lr=self.lr, momentum=0.85, nesterov=True, weight_decay=5e-4)
 
     def datamodule(self, data_dir: str) -> ImageDataModule:
-        dm = ImageDataModule(data_dir, download=False, batch_size=self.batch_size, val_size=0, loader="device",
-                             drop_last=True, augment="none")
-        dm.prepare_data()
-        dm.setup("fit")
-        return dm
+        return datamodule(data_dir, self.batch_size, val_size=0, loader="device", drop_last=True, augment="none")
 
 
 TIMED_PROXY = Proxy("lenet5", None, 32, 0.1)  # a step of about 5 ms on one CPU thread: Lightning's host time shows
@@ -273,6 +272,25 @@ PROXY_LOOPS = {"plain_loop": plain_fit, "bare_lightning": bare_fit, "lightning":
 WARMUP_STEPS = 10
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one thread, where the host's share of a step shows; the thread count is process-wide, so it is
+    put back after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def time_fit(fit: Callable[..., Any], proxy: Proxy, dm: ImageDataModule, steps: int, args: argparse.Namespace) -> float:
+    """Wall-clock seconds of one of ``PROXY_LOOPS``' steps after the warm-up."""
+    stopwatch = Stopwatch()
+    fit(proxy, dm, WARMUP_STEPS, steps, stopwatch, args)
+    return stopwatch.seconds
+
+
 def bench_host_overhead(args: argparse.Namespace) -> dict:
     """b. on a CPU: the host time Lightning adds to a training step, where a narrow net at a small batch on one
     thread makes it show. The same net, batches, loss and SGD three ways: a plain loop, bare Lightning (no
@@ -280,31 +298,20 @@ def bench_host_overhead(args: argparse.Namespace) -> dict:
     Min and median ms per step over ``--repeats`` fits of ``--overhead-steps`` steps each (plus warm-up), and the
     median over repeats of each repeat's difference to the plain loop and to bare Lightning. Bare Lightning runs
     twice a repeat; the median difference of its two fits (``noise_...``) is the noise of such a difference here."""
-    steps, threads, proxy = args.overhead_steps, torch.get_num_threads(), TIMED_PROXY
+    steps, proxy = args.overhead_steps, TIMED_PROXY
     dm = proxy.datamodule(args.data_dir)
-
-    def timed(fit: Callable[..., Any]) -> Callable[[], float]:
-        def seconds() -> float:
-            stopwatch = Stopwatch()
-            fit(proxy, dm, WARMUP_STEPS, steps, stopwatch, args)
-            return stopwatch.seconds
-        return seconds
-
     # bare Lightning twice a repeat: how far two fits of the same loop differ is this machine's noise
-    loops = {name: timed(fit) for name, fit in PROXY_LOOPS.items()} | {"bare_lightning_again": timed(bare_fit)}
+    loops = PROXY_LOOPS | {"bare_lightning_again": bare_fit}
     seconds: dict[str, list[float]] = {name: [] for name in loops}
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         for repeat in range(args.repeats):  # interleaved, every other repeat in reverse order: a drift in the
             # machine's speed, or a fit's place in the order, touches every loop alike
-            for name, loop in list(loops.items())[::1 if repeat % 2 == 0 else -1]:
-                seconds[name].append(loop())
+            for name, fit in list(loops.items())[::1 if repeat % 2 == 0 else -1]:
+                seconds[name].append(time_fit(fit, proxy, dm, steps, args))
         # where the time goes: one more fit under Lightning's SimpleProfiler (its report to a scratch file)
         profiled = cifar_lab_fit(proxy, dm, WARMUP_STEPS, steps, Stopwatch(), args, "--trainer.profiler",
                                  "lightning.pytorch.profilers.SimpleProfiler", "--trainer.profiler.dirpath",
                                  args.scratch, "--trainer.profiler.filename", "host_overhead_profile").profiler
-    finally:
-        torch.set_num_threads(threads)
     results = {"proxy": f"{proxy.backbone}, batch {proxy.batch_size}, 1 thread, {steps} steps x {args.repeats} repeats"}
     for name, runs in seconds.items():
         results[f"{name}_ms_per_step_min"] = 1e3 * min(runs) / steps
@@ -353,17 +360,10 @@ def bench_instructions(args: argparse.Namespace, device: torch.device) -> dict:
               flush=True)
         return {"skipped": "no valgrind"}
     proxy, steps = COUNTED_PROXY, args.overhead_steps
+    dm = proxy.datamodule(args.data_dir)  # here first: a missing dataset is said before any subprocess starts
     counts = {name: count_instructions(name, args) / steps for name in PROXY_LOOPS}
-    dm, threads = proxy.datamodule(args.data_dir), torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        bare_seconds = []
-        for _ in range(args.repeats):
-            stopwatch = Stopwatch()
-            bare_fit(proxy, dm, WARMUP_STEPS, steps, stopwatch, args)
-            bare_seconds.append(stopwatch.seconds)
-    finally:
-        torch.set_num_threads(threads)
+    with one_thread():
+        bare_seconds = [time_fit(bare_fit, proxy, dm, steps, args) for _ in range(args.repeats)]
     ms_per_million = 1e3 * statistics.median(bare_seconds) / steps / (counts["bare_lightning"] / 1e6)
     results = {"proxy": f"{proxy.backbone} {proxy.backbone_kwargs}, batch {proxy.batch_size}, 1 thread, {steps} "
                         f"steps, progress bar off"}
@@ -383,18 +383,19 @@ def count_instructions(loop: str, args: argparse.Namespace) -> int:
     run = subprocess.run(["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
                           sys.executable, __file__, "--count-loop", loop, "--data-dir", args.data_dir,
                           "--overhead-steps", str(args.overhead_steps)], capture_output=True, text=True, check=False)
-    if run.returncode != 0:
-        raise SystemExit(f"instructions: {loop} under callgrind failed: {run.stderr[-2000:]}")
+    if run.returncode != 0:  # its last lines, without valgrind's own (which start with ==pid==)
+        said = [line for line in run.stderr.splitlines() if line.strip() and not line.startswith("==")][-5:]
+        raise SystemExit(f"instructions: {loop} under callgrind failed: " + " | ".join(said))
     return callgrind_instructions(out)
 
 
 def counted_loop(args: argparse.Namespace) -> None:
     """``--count-loop``: one of section b's loops on the counted proxy, callgrind counting its steps alone."""
-    torch.set_num_threads(1)
     proxy = COUNTED_PROXY
-    PROXY_LOOPS[args.count_loop](proxy, proxy.datamodule(args.data_dir), WARMUP_STEPS, args.overhead_steps,
-                                 InstructionCounter(), args, *(["--trainer.enable_progress_bar", "false"]
-                                                               if args.count_loop == "lightning" else []))
+    with one_thread():
+        PROXY_LOOPS[args.count_loop](proxy, proxy.datamodule(args.data_dir), WARMUP_STEPS, args.overhead_steps,
+                                     InstructionCounter(), args, *(["--trainer.enable_progress_bar", "false"]
+                                                                   if args.count_loop == "lightning" else []))
 
 
 def callgrind_instructions(path: Path) -> int:
@@ -413,7 +414,7 @@ def bench_overhead(args: argparse.Namespace, device: torch.device) -> dict:
         return bench_host_overhead(args)
     precision = "bf16-mixed" if device.type == "cuda" else "32-true"
     steps, warmup = args.overhead_steps, 5
-    dm = datamodule(args, val_size=0)  # as the fast config: every training image
+    dm = datamodule(args.data_dir, args.batch_size, val_size=0)  # as the fast config: every training image
     fit_args = ["--config", str(FAST_CONFIG), "--data.batch_size", str(args.batch_size),
                 "--trainer.accelerator", device.type, "--trainer.devices", "1", "--trainer.precision", precision,
                 "--trainer.logger", "false", "--checkpoint.save_top_k", "0", "--checkpoint.save_last", "false",
@@ -566,7 +567,7 @@ class AccuracyCurve:
 
 def tutorial_curve(args: argparse.Namespace, epochs: int) -> list[dict]:
     """The tutorial loop on all 50,000 training images, with test accuracy ``--evals-per-epoch`` times an epoch."""
-    dm = datamodule(args, val_size=0)
+    dm = datamodule(args.data_dir, args.batch_size, val_size=0)
     to_float = v2.ToDtype(torch.float32, scale=True)  # no normalisation, as in the tutorials
     splits = {name: DataLoader(ImageArrayDataset(dm.datasets[name].images, dm.datasets[name].labels, to_float),
                                batch_size=args.cpu_batch_size, shuffle=name == "train", num_workers=args.workers,
@@ -815,6 +816,10 @@ def positive_int(text: str) -> int:
     return value
 
 
+SECTIONS = {"pipeline": bench_pipeline, "overhead": bench_overhead, "accuracy": bench_accuracy,
+            "cpu-recipe": bench_cpu_recipe, "airbench": bench_airbench, "instructions": bench_instructions}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -835,6 +840,9 @@ def main() -> None:
                         help="cpu-recipe: test accuracy this many times an epoch (not timed)")
     parser.add_argument("--count-loop", choices=list(PROXY_LOOPS), help=argparse.SUPPRESS)  # instructions' subprocess
     args = parser.parse_args()
+    unknown = [name for name in args.sections.split(",") if name not in SECTIONS]
+    if unknown:
+        parser.error(f"--sections: no section {', '.join(unknown)}; the sections are {', '.join(SECTIONS)}")
     args.batch_size = 1024
     args.pipeline_batches = 10 if args.quick else 44
     args.overhead_steps = args.overhead_steps or (5 if args.quick else 100)
@@ -845,8 +853,6 @@ def main() -> None:
         args.seeds = min(args.seeds, 2)
     device = torch.device(args.device)
     args.scratch = tempfile.mkdtemp(prefix="cifar_lab_benchmark_")
-    if args.count_loop:
-        return counted_loop(args)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     report = {"environment": {
@@ -854,10 +860,19 @@ def main() -> None:
         "torch": torch.__version__, "lightning": L.__version__, "batch_size": args.batch_size,
         "repeats": args.repeats, "quick": args.quick, "precision": args.precision, "fit_args": args.fit_args,
     }}
-    benches = {"pipeline": bench_pipeline, "overhead": bench_overhead, "accuracy": bench_accuracy,
-               "cpu-recipe": bench_cpu_recipe, "airbench": bench_airbench, "instructions": bench_instructions}
+    try:
+        if args.count_loop:
+            counted_loop(args)
+        else:
+            run_sections(args, device, report)
+    except CifarLabError as err:  # bad input (a missing dataset, a bad option): one line, as the CLI says it
+        raise SystemExit(f"benchmark: error: {' '.join(str(err).split())}") from None
+
+
+def run_sections(args: argparse.Namespace, device: torch.device, report: dict) -> None:
+    """Each of ``--sections`` in turn, its figures printed as it ends; then the table, and the files of ``--out``."""
     for name in args.sections.split(","):
-        report[name] = benches[name](args, device)
+        report[name] = SECTIONS[name](args, device)
         print(json.dumps({name: report[name]}, indent=1), flush=True)
     print(markdown(report))
     if args.out:

@@ -252,3 +252,25 @@ def test_the_instructions_section_says_it_needs_valgrind_and_skips_cleanly_witho
     assert "apt install valgrind" in capsys.readouterr().out
     report = {"environment": {"device": "CPU", "torch": "t", "lightning": "l", "quick": False}, "instructions": result}
     assert benchmark.markdown(report).endswith("instructions section: no valgrind, not run\n")
+
+
+def test_the_benchmark_says_a_missing_dataset_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    benchmark = load_benchmark()
+    monkeypatch.setattr("sys.argv", ["benchmark.py", "--device", "cpu", "--sections", "overhead",
+                                     "--data-dir", str(tmp_path)])
+    with pytest.raises(SystemExit) as ended:  # a string code: Python writes it to stderr and exits with status 1
+        benchmark.main()
+    message = ended.value.code
+    assert message.startswith(f"benchmark: error: CIFAR-10 not found: looked for {tmp_path}/cifar10.npz")
+    assert "\n" not in message and "data.download=true" in message
+
+
+def test_the_benchmark_refuses_an_unknown_section_naming_the_sections(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    benchmark = load_benchmark()
+    monkeypatch.setattr("sys.argv", ["benchmark.py", "--sections", "overhead,instruction"])
+    with pytest.raises(SystemExit) as ended:
+        benchmark.main()
+    assert ended.value.code == 2
+    assert ("--sections: no section instruction; the sections are pipeline, overhead, accuracy, cpu-recipe, "
+            "airbench, instructions") in capsys.readouterr().err

@@ -44,9 +44,10 @@ NO_AUGMENT = BatchAugment(padding=0, flip="none")
 
 
 def to_device(drawn: Tensor, device: torch.device) -> Tensor:
-    """A batch's augmentation draws (made on the CPU, from the batch's seeded generator) copied to the images'
-    device without waiting: a blocking copy to a GPU waits for all its queued work, a host-device sync per draw.
-    CUDA stages a copy from pageable memory before the call returns, so the CPU tensor may go at once."""
+    """A batch's indices or augmentation draws (made on the CPU: the draws from the batch's seeded generator)
+    copied to the images' device without waiting: a blocking copy to a GPU waits for all its queued work, a
+    host-device sync per copy. CUDA stages a copy from pageable memory before the call returns, so the CPU tensor
+    may go at once."""
     return drawn.to(device, non_blocking=True)
 
 
@@ -163,7 +164,7 @@ class DeviceLoader(EpochPosition):
         device = self.images.device
         for batch in range(start, len(self)):
             indices = order[batch * self.batch_size : (batch + 1) * self.batch_size]
-            on_device = indices.to(device, non_blocking=True)
+            on_device = to_device(indices, device)
             generator = torch.Generator().manual_seed(sample_seed(self.sampler.seed, epoch, self.sampler.rank, batch))
             images = self._augment(self.images[on_device], indices, generator)
             yield images.to(self.dtype), self.labels[on_device]
